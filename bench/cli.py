@@ -1,0 +1,329 @@
+"""The ``bench`` command line.
+
+Verbs: ``run`` (compute missing cells, print the Table-1 block), ``list`` (methods and datasets
+with their capabilities), ``report`` (tables from stored results, terminal + LaTeX) and ``card``
+(a method's card). Errors caused by input print a message and a fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from bench import __version__
+from bench.errors import BenchError
+
+DEFAULT_RESULTS = "results"
+
+# Further verbs live in their own modules (bench/commands/<verb>.py), each exposing
+# ``add_parser(subparsers)`` and ``run(args) -> int``; list them here.
+EXTRA_VERBS: list[str] = []
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=max(100, _term_width()))
+
+
+def _term_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 160
+
+
+def parse_seeds(repeats: int | None, seeds: str | None) -> list[int]:
+    if seeds:
+        out: list[int] = []
+        for part in seeds.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part:
+                    a, b = part.split("-", 1)
+                    out.extend(range(int(a), int(b) + 1))
+                else:
+                    out.append(int(part))
+            except ValueError:
+                raise BenchError(f"--seeds '{seeds}' is not a list like 0-4,7") from None
+        if not out or min(out) < 0:
+            raise BenchError(f"--seeds '{seeds}' must list non-negative integers")
+        return sorted(set(out))
+    n = 20 if repeats is None else repeats
+    if n < 1:
+        raise BenchError(f"--repeats must be ≥ 1, got {n}")
+    return list(range(n))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if not v.is_integer() or v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
+    return int(v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bench",
+        description="Benchmark personalized reward models under one user-split protocol.",
+    )
+    p.add_argument("--version", action="version", version=f"bench {__version__}")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+
+    r = sub.add_parser("run", help="run the missing cells of methods × splits and print the Table-1 block")
+    r.add_argument("--methods", default="bt,oracle", help="comma-separated method names, or 'all' (default: bt,oracle)")
+    r.add_argument("--dataset", default="synthetic-prism", help="a dataset name, NAME:key=value,…, or a directory")
+    r.add_argument("--shots", default="default", help="max train pairs per seen user: N or 'all' (default: the dataset's)")
+    r.add_argument(
+        "--unseen-shots",
+        default="default",
+        help="max support pairs per unseen user: M, 'all', or a list like 5,10,50 (a few-shot curve)",
+    )
+    r.add_argument("--repeats", type=_positive_int, default=None, help="number of splits, seeds 0..N-1 (default 20)")
+    r.add_argument("--seeds", default=None, help="explicit split seeds, e.g. 0-4,10 (overrides --repeats)")
+    r.add_argument("--seen-ratio", type=float, default=0.5, help="fraction of users that are seen (default 0.5)")
+    r.add_argument("--param", action="append", default=[], metavar="[METHOD.]KEY=VALUE", help="override a method parameter")
+    r.add_argument("--test-fraction", type=float, default=None, help="score a fixed random fraction of each user's test pairs")
+    r.add_argument("--results", default=DEFAULT_RESULTS, help=f"results directory (default ./{DEFAULT_RESULTS})")
+    r.add_argument("--device", default="cpu", help="torch device for methods (cpu, cuda, cuda:1)")
+    r.add_argument("--threads", type=_positive_int, default=None, help="torch threads per process")
+    r.add_argument("--no-table", action="store_true", help="do not print the table at the end")
+
+    ls = sub.add_parser("list", help="list methods and datasets with their capabilities")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    rep = sub.add_parser("report", help="render Table-1 style results from a results directory")
+    rep.add_argument("--results", default=DEFAULT_RESULTS)
+    rep.add_argument("--dataset", default=None, help="only this dataset (name as stored)")
+    rep.add_argument("--methods", default=None, help="only these methods (comma-separated)")
+    rep.add_argument("--latex", default=None, help="write the LaTeX table to this file (default RESULTS/reports/table1.tex)")
+
+    c = sub.add_parser("card", help="print a method's card (paper, official code, settings, deviations)")
+    c.add_argument("method")
+    for module in EXTRA_VERBS:
+        import importlib
+
+        importlib.import_module(module).add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "card": cmd_card}
+    try:
+        if args.verb in handlers:
+            return handlers[args.verb](args)
+        return args.handler(args)
+    except BenchError as e:
+        err = _console(stderr=True)
+        err.print(f"[bold red]error:[/bold red] {e.message}", markup=True)
+        if e.hint:
+            err.print(f"  [bold]fix:[/bold] {e.hint}", markup=True)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def cmd_run(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from bench.config import parse_overrides
+    from bench.registry import expand_methods
+    from bench.runner import RunConfig, parse_budget, run
+
+    console = _console()
+    methods = expand_methods(args.methods)
+    shots = "default" if args.shots == "default" else parse_budget(args.shots, "--shots")
+    if args.unseen_shots == "default":
+        unseen = "default"
+    else:
+        unseen = [parse_budget(x, "--unseen-shots", allow_zero=True) for x in str(args.unseen_shots).split(",") if x.strip()]
+        if not unseen:
+            raise BenchError("--unseen-shots is empty")
+    if args.test_fraction is not None and not 0 < args.test_fraction <= 1:
+        raise BenchError(f"--test-fraction must be in (0, 1], got {args.test_fraction}")
+    if not 0 < args.seen_ratio < 1:
+        raise BenchError(f"--seen-ratio must be in (0, 1), got {args.seen_ratio}")
+    per_method, global_params = parse_overrides(args.param, methods)
+    cfg = RunConfig(
+        methods=methods,
+        dataset=args.dataset,
+        seeds=parse_seeds(args.repeats, args.seeds),
+        results=Path(args.results),
+        shots=shots,
+        unseen_shots=unseen,
+        seen_ratio=args.seen_ratio,
+        params=per_method,
+        global_params=global_params,
+        test_fraction=args.test_fraction,
+        device=args.device,
+        threads=args.threads,
+        skip_unavailable=args.methods.strip() == "all",
+    )
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as prog:
+        task = prog.add_task("preparing", total=None)
+
+        def progress(desc: str, done: int, total: int) -> None:
+            prog.update(task, description=desc, completed=done, total=max(total, 1))
+
+        summary = run(cfg, progress=progress, log=lambda m: prog.console.print(m, markup=False, highlight=False))
+
+    for note in summary.notes:
+        console.print(f"note: {note}", markup=False)
+    if summary.interrupted:
+        console.print(
+            f"interrupted: {summary.ran} cells finished and stored in {cfg.results}; rerun the same command to continue",
+            markup=False,
+        )
+        return 130
+    console.print(f"{summary.ran} cells computed, {summary.cached} served from {cfg.results}", markup=False)
+    if not args.no_table and summary.keys:
+        _print_table(console, cfg.results, set(summary.keys))
+    if summary.failed:
+        console.print(f"[bold red]{len(summary.failed)} cells failed[/bold red]:")
+        for f in summary.failed:
+            console.print(f"  {f['method']} seed {f['seed']} ({f['stage']}): {f['error']}", markup=False)
+        console.print(f"tracebacks: {Path(cfg.results) / 'cells'}/<key>.failed.json", markup=False)
+        return 1
+    return 0
+
+
+def _print_table(console, results: Path, keys: set[str] | None = None) -> None:
+    from bench.reports.tables import build_table, render_rich
+    from bench.store import ResultsStore
+
+    rows, _metas, problems = ResultsStore(results).load()
+    for p in problems:
+        console.print(f"[warn] {p}", markup=False)
+    if keys is not None:
+        rows = rows[rows["cell"].isin(keys)]
+    if len(rows) == 0:
+        return
+    console.print(render_rich(build_table(rows)))
+
+
+# ---------------------------------------------------------------------------- list / report / card
+
+
+def cmd_list(args) -> int:
+    from bench.datasets import describe_datasets
+    from bench.registry import METHOD_GROUP, describe
+
+    methods = []
+    for info in describe(METHOD_GROUP):
+        if info.error:
+            methods.append({"name": info.name, "target": info.target, "error": info.error})
+        else:
+            cls = info.obj
+            methods.append(
+                {
+                    "name": info.name,
+                    "kind": getattr(cls, "kind", ""),
+                    "requires": sorted(getattr(cls, "requires", [])),
+                    "summary": getattr(cls, "summary", ""),
+                }
+            )
+    datasets = describe_datasets()
+    if args.json:
+        print(json.dumps({"methods": methods, "datasets": datasets}, indent=1))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    t = Table(title="Methods")
+    for col in ("name", "kind", "requires", "description"):
+        t.add_column(col)
+    for m in methods:
+        if "error" in m:
+            t.add_row(m["name"], "[red]broken[/red]", "", f"[red]{m['error']}[/red] ({m['target']})")
+        else:
+            t.add_row(m["name"], m["kind"], ", ".join(m["requires"]), m["summary"])
+    console.print(t)
+    t = Table(title="Datasets")
+    for col in ("name", "family", "split", "provides", "shots", "description"):
+        t.add_column(col)
+    for d in datasets:
+        t.add_row(
+            d["name"], d["family"], d["split_by"], ", ".join(d["provides"]), f"{d['shots']}/{d['unseen_shots']}", d["description"]
+        )
+    console.print(t)
+    console.print("A directory in the bring-your-own-data format is also a dataset: --dataset path/to/dir", markup=False)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bench.reports.tables import build_table, render_rich, to_latex
+    from bench.store import ResultsStore
+
+    store = ResultsStore(args.results)
+    if not store.cells_dir.exists():
+        raise BenchError(f"no results in {args.results}", hint="run `bench run ...` first or pass --results DIR")
+    rows, metas, problems = store.load()
+    console = _console()
+    for p in problems:
+        console.print(f"[warn] {p} — it is left out; `bench run` recomputes it", markup=False)
+    if args.dataset:
+        rows = rows[rows["dataset"] == args.dataset]
+    if args.methods:
+        keep = [m.strip() for m in args.methods.split(",")]
+        rows = rows[rows["method"].isin(keep)]
+    if len(rows) == 0:
+        raise BenchError("no matching results to report", hint="check --dataset/--methods against `bench run` output")
+    table = build_table(rows)
+    console.print(render_rich(table))
+    for (r, s), seeds in sorted(table.missing.items()):
+        console.print(f"incomplete: {r} lacks {len(seeds)} of {table.expected[s]} splits of {s} (seeds {seeds})", markup=False)
+    out = Path(args.latex) if args.latex else Path(args.results) / "reports" / "table1.tex"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    keys = sorted(rows["cell"].unique())
+    from bench.hashing import hash_obj
+    from bench.runner import environment
+
+    env = environment()
+    header = (
+        f"% generated by bench {__version__} (git {env.get('git_commit') or 'unknown'}) from {len(keys)} cells\n"
+        f"% run keys: {hash_obj(keys)}\n"
+    )
+    out.write_text(to_latex(table, header=header))
+    console.print(f"LaTeX table written to {out}", markup=False)
+    return 0
+
+
+def cmd_card(args) -> int:
+    from bench.registry import load_method
+
+    cls = load_method(args.method)
+    text = cls.card()
+    if not text:
+        raise BenchError(f"method '{args.method}' has no card", hint=f"add {cls.card_path()}")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

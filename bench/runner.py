@@ -1,0 +1,541 @@
+"""Plan and run cells: dataset → split → method → per-user rows → results store.
+
+A *fit group* is (dataset, split seed, seen budget, method, params): the method is fitted once on
+the seen users' train pairs, then adapted and scored once per requested unseen budget, each of
+which is one *cell* in the store. Finished cells are never recomputed (resume is the default);
+a failing method marks its cells failed with the traceback and the run goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench import __version__
+from bench.api import Context, Method, Queries, UserPairs
+from bench.config import resolve_params
+from bench.data import Dataset
+from bench.errors import BenchError
+from bench.hashing import canonical_json, hash_obj, mix64, tag
+from bench.metrics import pair_credit, user_accuracy
+from bench.registry import load_method
+from bench.splits import Split, load_or_create_split
+from bench.store import ENGINE_VERSION, ResultsStore
+
+Budget = int | None  # None = all of the user's train pairs
+
+
+def parse_budget(value: str | int | None, flag: str, allow_zero: bool = False) -> Budget:
+    """``all``/None → None; a positive integer (or ≥ 0 with ``allow_zero``) → int; else an error."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("all", "none", ""):
+            return None
+        try:
+            num = float(v)
+        except ValueError:
+            raise BenchError(f"{flag} must be a positive integer or 'all', got '{value}'") from None
+    else:
+        num = float(value)
+    if not num.is_integer():
+        raise BenchError(f"{flag} must be an integer, got {value}")
+    n = int(num)
+    if n < 0 or (n == 0 and not allow_zero):
+        lower = "≥ 0" if allow_zero else "≥ 1"
+        raise BenchError(f"{flag} must be {lower} (or 'all'), got {n}")
+    return n
+
+
+@dataclass
+class RunConfig:
+    methods: list[str]
+    dataset: str
+    seeds: list[int]
+    results: Path
+    shots: Budget | str = "default"
+    unseen_shots: list[Budget] | str = "default"
+    seen_ratio: float = 0.5
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method
+    global_params: dict[str, Any] = field(default_factory=dict)  # key=value for every method having it
+    test_fraction: float | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    skip_unavailable: bool = False  # True for --methods all
+
+
+@dataclass
+class CellPlan:
+    key: str
+    cell: dict[str, Any]
+    unseen_shots: Budget
+
+
+@dataclass
+class FitGroup:
+    method: str
+    cls: type[Method]
+    params: dict[str, Any]
+    seed: int
+    shots: Budget
+    cells: list[CellPlan]
+
+
+@dataclass
+class RunSummary:
+    planned: int = 0
+    cached: int = 0
+    ran: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def resolve_budgets(cfg: RunConfig, ds: Dataset) -> tuple[Budget, list[Budget]]:
+    shots = cfg.shots
+    if shots == "default":
+        shots = parse_budget(ds.defaults.get("shots"), "--shots")
+    unseen = cfg.unseen_shots
+    if unseen == "default":
+        unseen = [parse_budget(ds.defaults.get("unseen_shots"), "--unseen-shots", allow_zero=True)]
+    return shots, list(dict.fromkeys(unseen))
+
+
+def check_capabilities(cls: type[Method], ds: Dataset) -> str | None:
+    """Why the dataset cannot serve this method, or None."""
+    missing = set(cls.requires) - set(ds.capabilities) - {"gpu", "llm"}
+    if missing:
+        return f"needs {', '.join(sorted(missing))}, which {ds.name} does not provide"
+    if "gpu" in cls.requires and not _cuda_available():
+        return "needs a CUDA GPU"
+    return None
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def plan(cfg: RunConfig, ds: Dataset, summary: RunSummary) -> list[FitGroup]:
+    shots, unseen_list = resolve_budgets(cfg, ds)
+    groups: list[FitGroup] = []
+    for name in cfg.methods:
+        cls = load_method(name)
+        why = check_capabilities(cls, ds)
+        if why is not None:
+            if cfg.skip_unavailable:
+                summary.skipped[name] = why
+                continue
+            raise BenchError(f"method '{name}' cannot run on dataset '{ds.name}': it {why}")
+        overrides = dict(cfg.params.get(name, {}))
+        for k, v in cfg.global_params.items():
+            if k in cls.param_names():
+                overrides.setdefault(k, v)
+        params = resolve_params(cls, ds.family, overrides)
+        source = cls.source_hash()
+        for seed in cfg.seeds:
+            cells = []
+            for unseen in unseen_list:
+                cell = {
+                    "engine": ENGINE_VERSION,
+                    "dataset": ds.name,
+                    "dataset_fp": ds.fingerprint,
+                    "seed": int(seed),
+                    "seen_ratio": float(cfg.seen_ratio),
+                    "shots": shots,
+                    "unseen_shots": unseen,
+                    "test_fraction": cfg.test_fraction,
+                    "method": name,
+                    "method_version": cls.version,
+                    "source": source,
+                    "params": params,
+                }
+                cells.append(CellPlan(hash_obj(cell), cell, unseen))
+            groups.append(FitGroup(name, cls, params, int(seed), shots, cells))
+    if cfg.global_params:
+        used = {k for k in cfg.global_params for g in groups if k in g.cls.param_names()}
+        unused = sorted(set(cfg.global_params) - used)
+        if unused:
+            raise BenchError(f"--param {', '.join(unused)}: no selected method has such a parameter")
+    return groups
+
+
+# ---------------------------------------------------------------------------- views
+
+
+def pair_view(ds: Dataset, split: Split, mask: np.ndarray) -> UserPairs:
+    """The pairs under ``mask``, sorted by (user, support order)."""
+    arr = ds.arrays()
+    idx = np.flatnonzero(mask)
+    idx = idx[np.lexsort((split.order[idx], split.user_index[idx]))]
+    return UserPairs(
+        users=split.users,
+        seen=split.seen,
+        user=split.user_index[idx],
+        group=arr["group_code"][idx],
+        chosen=arr["chosen"][idx],
+        rejected=arr["rejected"][idx],
+        pair_id=arr["pair_id"][idx],
+        seed=split.seed,
+    )
+
+
+def test_mask(ds: Dataset, split: Split, test_fraction: float | None) -> np.ndarray:
+    mask = ~split.train
+    if test_fraction is not None:
+        # A fixed, seed-independent subsample shared by every method compared on it.
+        h = mix64(np.uint64(tag("test_fraction")), ds.arrays()["pair_hash"])
+        keep = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < test_fraction
+        mask &= keep
+    return mask
+
+
+def query_view(ds: Dataset, split: Split, mask: np.ndarray, with_truth: bool) -> tuple[Queries, np.ndarray]:
+    """Test pairs as unlabelled queries, and (engine only) whether option a is the chosen one."""
+    arr = ds.arrays()
+    idx = np.flatnonzero(mask)
+    idx = idx[np.argsort(split.user_index[idx], kind="stable")]
+    coin = mix64(np.uint64(split.seed), np.uint64(tag("orient")), arr["pair_hash"][idx]) & np.uint64(1)
+    a_is_chosen = coin.astype(bool)
+    ch, rj = arr["chosen"][idx], arr["rejected"][idx]
+    truth_a = truth_b = None
+    if with_truth:
+        tc, tr = arr["true_chosen"][idx], arr["true_rejected"][idx]
+        truth_a, truth_b = np.where(a_is_chosen, tc, tr), np.where(a_is_chosen, tr, tc)
+    q = Queries(
+        users=split.users,
+        seen=split.seen,
+        user=split.user_index[idx],
+        group=arr["group_code"][idx],
+        a=np.where(a_is_chosen, ch, rj),
+        b=np.where(a_is_chosen, rj, ch),
+        pair_id=arr["pair_id"][idx],
+        truth_a=truth_a,
+        truth_b=truth_b,
+    )
+    return q, a_is_chosen
+
+
+# ---------------------------------------------------------------------------- provenance
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> dict[str, Any]:
+    def ver(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "bench": __version__,
+        "git_commit": _git_commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "packages": {p: ver(p) for p in ("numpy", "pandas", "pyarrow", "torch", "transformers", "vllm", "scipy")},
+    }
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    here = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(
+        ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
+    )
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _set_threads(n: int | None) -> None:
+    if n is None:
+        return
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------- execution
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def run(cfg: RunConfig, progress: ProgressFn | None = None, log: Callable[[str], None] = print) -> RunSummary:
+    """Run every missing cell of ``cfg``; return what happened. Never recomputes finished cells."""
+    from bench.datasets import load_dataset
+
+    store = ResultsStore(cfg.results)
+    store.ensure_writable()
+    summary = RunSummary()
+    ds = load_dataset(cfg.dataset)
+    groups = plan(cfg, ds, summary)
+    for name, why in summary.skipped.items():
+        log(f"skipping {name}: it {why}")
+
+    todo: list[tuple[FitGroup, list[CellPlan]]] = []
+    for g in groups:
+        missing = []
+        for c in g.cells:
+            summary.keys.append(c.key)
+            st = store.status(c.key)
+            if st.state == "corrupt":
+                dest = store.quarantine(store.cell_path(c.key), st.reason)
+                log(f"[warn] {st.reason}; moved to {dest}; recomputing")
+            if st.state == "done":
+                summary.cached += 1
+            else:
+                missing.append(c)
+        summary.planned += len(g.cells)
+        if missing:
+            todo.append((g, missing))
+    n_todo = sum(len(m) for _, m in todo)
+    log(f"{ds.name}: {summary.planned} cells planned — {summary.cached} cached, {n_todo} to run")
+    _budget_notes(cfg, ds, summary, groups)
+
+    done = 0
+    splits: dict[int, Split] = {}
+    try:
+        for g, missing in todo:
+            if g.seed not in splits:
+                splits[g.seed] = load_or_create_split(cfg.results, ds, g.seed, cfg.seen_ratio)
+            if progress:
+                progress(f"{g.method} seed {g.seed}", done, n_todo)
+            ok = _run_group(cfg, ds, splits[g.seed], g, missing, store, summary, log)
+            done += len(missing)
+            summary.ran += ok
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    if progress:
+        progress("done", done, n_todo)
+    return summary
+
+
+def _budget_notes(cfg: RunConfig, ds: Dataset, summary: RunSummary, groups: list[FitGroup]) -> None:
+    if not groups:
+        return
+    shots = groups[0].shots
+    unseen = [c.unseen_shots for c in groups[0].cells]
+    split = load_or_create_split(cfg.results, ds, groups[0].seed, cfg.seen_ratio)
+    n_train = np.bincount(split.user_index[split.train], minlength=len(split.users))
+    if shots is not None:
+        short = split.seen & (n_train < shots)
+        if short.any():
+            summary.notes.append(
+                f"{int(short.sum())} of {split.n_seen} seen users have fewer than {shots} train pairs "
+                f"(min {int(n_train[short].min())}); they use all they have (n_support in the rows)"
+            )
+    for u in unseen:
+        if u is None:
+            continue
+        short = ~split.seen & (n_train < u)
+        if short.any():
+            summary.notes.append(
+                f"{int(short.sum())} of {int((~split.seen).sum())} unseen users have fewer than {u} train pairs "
+                f"(min {int(n_train[short].min())}); they use all they have"
+            )
+    no_test = np.bincount(split.user_index[~split.train], minlength=len(split.users)) == 0
+    if no_test.any():
+        summary.notes.append(f"{int(no_test.sum())} users have no test pairs; they have no accuracy (NaN) and are left out of means")
+
+
+def _run_group(
+    cfg: RunConfig,
+    ds: Dataset,
+    split: Split,
+    g: FitGroup,
+    cells: list[CellPlan],
+    store: ResultsStore,
+    summary: RunSummary,
+    log: Callable[[str], None],
+) -> int:
+    _set_threads(cfg.threads)
+    ctx = Context(
+        info=ds.info(),
+        features=ds.features,
+        rm_score=ds.rm_score,
+        seed=g.seed,
+        device=cfg.device,
+        threads=cfg.threads,
+        text=ds if ds.has_text else None,
+    )
+    t_fit = time.perf_counter()
+    try:
+        method = g.cls(**g.params)
+        seen_train = pair_view(ds, split, split.budget_mask(g.shots, 0) & split.seen[split.user_index])
+        method.fit(seen_train, ctx)
+        _set_threads(cfg.threads)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        _record_failure(store, summary, cells, e, log, stage="fit")
+        return 0
+    fit_s = time.perf_counter() - t_fit
+
+    tmask = test_mask(ds, split, cfg.test_fraction)
+    queries, a_is_chosen = query_view(ds, split, tmask, with_truth="oracle" in g.cls.requires)
+    ok = 0
+    for c in cells:
+        t0 = time.perf_counter()
+        try:
+            support = pair_view(ds, split, split.budget_mask(g.shots, c.unseen_shots))
+            method.adapt(support)
+            t1 = time.perf_counter()
+            margin = np.asarray(method.score(queries), dtype=np.float64)
+            t2 = time.perf_counter()
+            if margin.shape[:1] != (len(queries),) or margin.ndim not in (1, 2):
+                raise RuntimeError(
+                    f"{g.method}.score returned shape {margin.shape}; expected ({len(queries)},) or ({len(queries)}, R)"
+                )
+            rows, meta = _cell_rows(ds, split, g, c, method, support, queries, a_is_chosen, margin)
+            meta["timing"] = {"fit_s": fit_s, "adapt_s": t1 - t0, "score_s": t2 - t1, "fit_shared_by": len(cells)}
+            store.write_cell(c.key, rows, meta)
+            ok += 1
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            _record_failure(store, summary, [c], e, log, stage="adapt/score")
+    return ok
+
+
+def _cell_rows(ds, split, g, c, method, support, queries, a_is_chosen, margin):
+    n_users = len(split.users)
+    credit = pair_credit(margin, a_is_chosen)
+    n_correct, n_test, acc = user_accuracy(queries.user, credit, n_users)
+    finite = np.isfinite(margin).all(axis=1) if margin.ndim == 2 else np.isfinite(margin)
+    n_nan = np.bincount(queries.user, weights=(~finite).astype(float), minlength=n_users)
+    rows = pd.DataFrame(
+        {
+            "cell": c.key,
+            "dataset": ds.name,
+            "split_seed": g.seed,
+            "split_hash": split.hash,
+            "shots": pd.array([g.shots] * n_users, dtype="Int64"),
+            "unseen_shots": pd.array([c.unseen_shots] * n_users, dtype="Int64"),
+            "test_fraction": float("nan") if c.cell["test_fraction"] is None else float(c.cell["test_fraction"]),
+            "method": g.method,
+            "params": canonical_json(g.params),
+            "user": split.users.astype(str),
+            "seen": split.seen,
+            "n_support": support.counts().astype(np.int64),
+            "n_test": n_test.astype(np.int64),
+            "n_correct": n_correct.astype(np.float64),
+            "accuracy": acc,
+        }
+    )
+    if n_nan.any():
+        rows["n_invalid"] = n_nan.astype(np.int64)
+    for col, values in method.extra_rows().items():
+        rows[col] = np.asarray(values)
+    formula = method.param_count()
+    trained = method.trained_param_count()
+    meta = {
+        "cell": c.cell,
+        "provenance": {**environment(), "device": ctx_device(method), "threads": _threads_now()},
+        "params_formula": {"shared": formula.shared, "per_user": formula.per_user},
+        "params_trained": None if trained is None else {"shared": trained.shared, "per_user": trained.per_user},
+        "n_users": {"seen": int(split.seen.sum()), "unseen": int((~split.seen).sum())},
+        "n_invalid_scores": int(n_nan.sum()),
+        "method_meta": method.extra_meta(),
+        "finished_at": time.time(),
+    }
+    return rows, meta
+
+
+def ctx_device(method: Method) -> str:
+    ctx = getattr(method, "ctx_", None)
+    return getattr(ctx, "device", "cpu")
+
+
+def _threads_now() -> int | None:
+    if "torch" in sys.modules:
+        import torch
+
+        return int(torch.get_num_threads())
+    return None
+
+
+def _record_failure(store, summary, cells, exc, log, stage: str) -> None:
+    tb = traceback.format_exc()
+    err = f"{type(exc).__name__}: {exc}"
+    for c in cells:
+        store.write_failure(c.key, c.cell, err, tb)
+        summary.failed.append({"key": c.key, "method": c.cell["method"], "seed": c.cell["seed"], "error": err, "stage": stage})
+    log(f"[error] {cells[0].cell['method']} seed {cells[0].cell['seed']} failed in {stage}: {err}")
+
+
+# ---------------------------------------------------------------------------- in-process helper
+
+
+@dataclass
+class SingleRun:
+    method: Method
+    split: Split
+    queries: Queries
+    a_is_chosen: np.ndarray
+    margin: np.ndarray
+    per_user: pd.DataFrame  # user, seen, n_support, n_test, accuracy
+    fit_s: float
+    score_s: float
+
+
+def run_single(
+    method: Method,
+    ds: Dataset,
+    seed: int = 0,
+    shots: Budget = None,
+    unseen_shots: Budget = None,
+    seen_ratio: float = 0.5,
+    device: str = "cpu",
+) -> SingleRun:
+    """Fit, adapt and score one method on one split in memory (tests, benchmarks, notebooks).
+
+    Uses exactly the engine's views, so what a method sees here is what it sees in ``bench run``.
+    """
+    split = load_or_create_split(None, ds, seed, seen_ratio)
+    ctx = Context(info=ds.info(), features=ds.features, rm_score=ds.rm_score, seed=seed, device=device,
+                  text=ds if ds.has_text else None)
+    t0 = time.perf_counter()
+    method.fit(pair_view(ds, split, split.budget_mask(shots, 0) & split.seen[split.user_index]), ctx)
+    support = pair_view(ds, split, split.budget_mask(shots, unseen_shots))
+    method.adapt(support)
+    t1 = time.perf_counter()
+    queries, a_is_chosen = query_view(ds, split, ~split.train, with_truth="oracle" in method.requires)
+    margin = np.asarray(method.score(queries), dtype=np.float64)
+    t2 = time.perf_counter()
+    n_correct, n_test, acc = user_accuracy(queries.user, pair_credit(margin, a_is_chosen), len(split.users))
+    per_user = pd.DataFrame(
+        {"user": split.users, "seen": split.seen, "n_support": support.counts(), "n_test": n_test, "accuracy": acc}
+    )
+    return SingleRun(method, split, queries, a_is_chosen, margin, per_user, t1 - t0, t2 - t1)

@@ -1,0 +1,238 @@
+"""The results store: one Parquet file of per-user rows per finished cell.
+
+A *cell* is (dataset, split seed, budgets, method, method version + source hash, params). Its key
+is the hash of the canonical cell dict. Files are written under a unique temporary name and
+renamed into place, so a reader (or a killed writer) never sees half a cell. Each file carries in
+its Parquet metadata the cell dict, provenance and the hash of its rows; a file whose rows no
+longer match is reported, moved to ``quarantine/`` and recomputed — never aggregated.
+Failed cells leave ``<key>.failed.json`` (with the traceback) and are retried on the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.errors import BenchError, IntegrityError
+from bench.hashing import canonical_json, digest
+
+ENGINE_VERSION = "1"  # bump when the meaning of stored rows changes
+META_KEY = b"bench"
+
+ROW_COLUMNS = [
+    "cell",
+    "dataset",
+    "split_seed",
+    "split_hash",
+    "shots",
+    "unseen_shots",
+    "test_fraction",
+    "method",
+    "params",
+    "user",
+    "seen",
+    "n_support",
+    "n_test",
+    "n_correct",
+    "accuracy",
+]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def atomic_write_bytes(data: bytes, path: Path) -> None:
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    atomic_write_bytes(text.encode(), path)
+
+
+def atomic_write_table(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def table_to_frame(table) -> pd.DataFrame:
+    """Parquet table → frame with nullable integers, identically on write (for hashing) and read."""
+    import pyarrow as pa
+
+    mapping = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}
+    return table.to_pandas(types_mapper=mapping.get)
+
+
+def rows_digest(rows: pd.DataFrame) -> str:
+    """Hash of a row frame's content (column order as given, floats at full precision)."""
+    text = rows.to_csv(index=False, float_format="%.17g", lineterminator="\n")
+    return digest(text)
+
+
+@dataclass
+class CellStatus:
+    key: str
+    state: str  # "done", "missing", "failed", "corrupt"
+    reason: str = ""
+
+
+class ResultsStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.cells_dir = self.root / "cells"
+
+    # ---------------------------------------------------------------- setup
+    def ensure_writable(self) -> None:
+        """Fail before any work if results cannot be written here."""
+        try:
+            self.cells_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.cells_dir / f".probe.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as e:
+            raise BenchError(
+                f"cannot write results to {self.root}: {e.strerror or e}",
+                hint="choose a writable directory with --results DIR, or fix its permissions",
+            ) from None
+
+    def cell_path(self, key: str) -> Path:
+        return self.cells_dir / f"{key}.parquet"
+
+    def failure_path(self, key: str) -> Path:
+        return self.cells_dir / f"{key}.failed.json"
+
+    # ---------------------------------------------------------------- reading
+    def read_cell(self, path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """Rows and metadata of one cell file, verified against the recorded rows hash."""
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+            raw = (table.schema.metadata or {}).get(META_KEY)
+            if raw is None:
+                raise ValueError("no bench metadata")
+            meta = json.loads(raw)
+            rows = table_to_frame(table)
+        except Exception as e:  # truncated, not parquet, bad JSON …
+            raise IntegrityError(f"result file {path.name} is unreadable ({type(e).__name__}: {e})") from None
+        if list(rows.columns[: len(ROW_COLUMNS)]) != ROW_COLUMNS:
+            raise IntegrityError(f"result file {path.name} has unexpected columns")
+        h = rows_digest(rows)
+        if h != meta.get("rows_hash"):
+            raise IntegrityError(f"result file {path.name}: rows do not match their recorded hash")
+        if meta.get("key") != path.stem:
+            raise IntegrityError(f"result file {path.name} holds cell {meta.get('key')}")
+        return rows, meta
+
+    def status(self, key: str) -> CellStatus:
+        path = self.cell_path(key)
+        if path.exists():
+            try:
+                self.read_cell(path)
+            except IntegrityError as e:
+                return CellStatus(key, "corrupt", e.message)
+            return CellStatus(key, "done")
+        if self.failure_path(key).exists():
+            return CellStatus(key, "failed")
+        return CellStatus(key, "missing")
+
+    def quarantine(self, path: Path, reason: str) -> Path:
+        qdir = self.root / "quarantine"
+        qdir.mkdir(parents=True, exist_ok=True)
+        dest = qdir / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{uuid.uuid4().hex[:4]}"
+        os.replace(path, dest)
+        atomic_write_text(reason + "\n", dest.with_name(dest.name + ".reason.txt"))
+        return dest
+
+    def load(self, quarantine_bad: bool = False) -> tuple[pd.DataFrame, list[dict[str, Any]], list[str]]:
+        """All valid cells' rows, their metadata, and a list of problems (corrupt files)."""
+        frames, metas, problems = [], [], []
+        if not self.cells_dir.exists():
+            return pd.DataFrame(columns=ROW_COLUMNS), [], []
+        for path in sorted(self.cells_dir.glob("*.parquet")):
+            try:
+                rows, meta = self.read_cell(path)
+            except IntegrityError as e:
+                msg = e.message
+                if quarantine_bad:
+                    dest = self.quarantine(path, msg)
+                    msg += f" (moved to {dest})"
+                problems.append(msg)
+                continue
+            frames.append(rows)
+            metas.append(meta)
+        if not frames:
+            return pd.DataFrame(columns=ROW_COLUMNS), metas, problems
+        return pd.concat(frames, ignore_index=True), metas, problems
+
+    def failures(self) -> list[dict[str, Any]]:
+        out = []
+        for path in sorted(self.cells_dir.glob("*.failed.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError):
+                out.append({"key": path.name.split(".")[0], "error": "unreadable failure record"})
+        return out
+
+    # ---------------------------------------------------------------- writing
+    def write_cell(self, key: str, rows: pd.DataFrame, meta: dict[str, Any]) -> Path:
+        import pyarrow as pa
+
+        rows = rows[ROW_COLUMNS + [c for c in rows.columns if c not in ROW_COLUMNS]].reset_index(drop=True)
+        table = pa.Table.from_pandas(rows, preserve_index=False)
+        meta = {**meta, "key": key, "rows_hash": rows_digest(table_to_frame(table))}
+        table = table.replace_schema_metadata({META_KEY: canonical_json(meta).encode()})
+        path = self.cell_path(key)
+        atomic_write_table(table, path)
+        fail = self.failure_path(key)
+        if fail.exists():
+            fail.unlink()
+        return path
+
+    def write_failure(self, key: str, cell: dict[str, Any], error: str, traceback_text: str) -> Path:
+        record = {"key": key, "cell": cell, "error": error, "traceback": traceback_text, "time": time.time()}
+        path = self.failure_path(key)
+        atomic_write_text(json.dumps(record, indent=1, default=str), path)
+        return path

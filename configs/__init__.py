@@ -1,0 +1,1 @@
+"""YAML configuration (installed as ``bench.configs``): datasets, methods, experiments."""
