@@ -138,6 +138,8 @@ class Context:
 
     info: DatasetInfo
     features: Features | None = None
+    prompt_features: Features | None = None  # one row per prompt; row of response r = prompt_of[r]
+    prompt_of: np.ndarray | None = None  # (n_rows,) int prompt row of each response row
     rm_score: np.ndarray | None = None
     seed: int = 0
     device: str = "cpu"

@@ -29,7 +29,7 @@ from bench.errors import DataError
 
 PAIR_COLUMNS = ("user", "group", "pair_id", "chosen", "rejected", "source_split")
 SPLIT_STYLES = ("group", "source")
-CAPABILITIES = ("features", "text", "rm_scores", "oracle", "llm", "gpu")
+CAPABILITIES = ("features", "prompt_features", "text", "rm_scores", "oracle", "llm", "gpu")
 
 
 class Features:
@@ -173,6 +173,9 @@ class Dataset:
     responses: pd.DataFrame
     prompts: dict[str, list[dict[str, str]]] | None = None
     features: Features | None = None
+    # Optional: one feature row per prompt (the templated prompt alone), indexed by the integer
+    # ``responses.prompt_id``; needed by prompt-conditioned methods such as PAL-B.
+    prompt_features: Features | None = None
     split_by: str = "group"
     family: str = "generic"
     fingerprint: str = ""
@@ -216,6 +219,8 @@ class Dataset:
         caps = set()
         if self.features is not None:
             caps.add("features")
+        if self.prompt_features is not None:
+            caps.add("prompt_features")
         if self.has_text:
             caps.add("text")
         if self.rm_score is not None:
@@ -268,6 +273,12 @@ class Dataset:
                 f"{len(self.responses)} responses",
                 hint="features must hold exactly one row per response row (chosen/rejected index)",
             )
+        if self.prompt_features is not None:
+            pid = self.responses["prompt_id"].to_numpy()
+            if not np.issubdtype(pid.dtype, np.integer) or pid.min() < 0 or pid.max() >= self.prompt_features.n_rows:
+                raise DataError(
+                    f"{self.name}: prompt features need integer prompt_id values in [0, {self.prompt_features.n_rows})"
+                )
         if "rm_score" in self.responses.columns:
             rm = self.responses["rm_score"].to_numpy(dtype=np.float64)
             bad = np.flatnonzero(~np.isfinite(rm))

@@ -370,6 +370,24 @@ def _budget_notes(cfg: RunConfig, ds: Dataset, summary: RunSummary, groups: list
         summary.notes.append(f"{int(no_test.sum())} users have no test pairs; they have no accuracy (NaN) and are left out of means")
 
 
+def make_context(ds: Dataset, seed: int, device: str = "cpu", threads: int | None = None) -> Context:
+    """What a method may read besides its pairs (never labels of test pairs, never the split)."""
+    prompt_of = None
+    if ds.prompt_features is not None:
+        prompt_of = ds.responses["prompt_id"].to_numpy(dtype=np.int64)
+    return Context(
+        info=ds.info(),
+        features=ds.features,
+        prompt_features=ds.prompt_features,
+        prompt_of=prompt_of,
+        rm_score=ds.rm_score,
+        seed=seed,
+        device=device,
+        threads=threads,
+        text=ds if ds.has_text else None,
+    )
+
+
 def _run_group(
     cfg: RunConfig,
     ds: Dataset,
@@ -381,15 +399,7 @@ def _run_group(
     log: Callable[[str], None],
 ) -> int:
     _set_threads(cfg.threads)
-    ctx = Context(
-        info=ds.info(),
-        features=ds.features,
-        rm_score=ds.rm_score,
-        seed=g.seed,
-        device=cfg.device,
-        threads=cfg.threads,
-        text=ds if ds.has_text else None,
-    )
+    ctx = make_context(ds, g.seed, cfg.device, cfg.threads)
     t_fit = time.perf_counter()
     try:
         method = g.cls(**g.params)
@@ -524,8 +534,7 @@ def run_single(
     Uses exactly the engine's views, so what a method sees here is what it sees in ``bench run``.
     """
     split = load_or_create_split(None, ds, seed, seen_ratio)
-    ctx = Context(info=ds.info(), features=ds.features, rm_score=ds.rm_score, seed=seed, device=device,
-                  text=ds if ds.has_text else None)
+    ctx = make_context(ds, seed, device)
     t0 = time.perf_counter()
     method.fit(pair_view(ds, split, split.budget_mask(shots, 0) & split.seen[split.user_index]), ctx)
     support = pair_view(ds, split, split.budget_mask(shots, unseen_shots))

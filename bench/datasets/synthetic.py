@@ -63,6 +63,7 @@ class WorldParams:
     noise: float = 0.15
     scale: float = 0.01  # overall feature scale (see the module docstring)
     rm_error: float = 1.5
+    prompt_features: bool = True  # also store one feature row per prompt (for PAL-B)
     # prism style
     conversations: tuple[int, ...] = (6, 6, 6, 6, 6, 6, 6, 7, 7, 8)
     turn0_responses: tuple[int, ...] = (2, 3, 3, 4, 4, 4)
@@ -252,6 +253,19 @@ def generate(p: WorldParams, out_dir: Path, chunk_rows: int = 8192) -> None:
         rm[sl] = b16.astype(np.float32) @ head
     feats.flush()
     del feats
+    if p.prompt_features:
+        # The templated prompt alone: prompt component and noise, no response component.
+        pf = np.lib.format.open_memmap(out_dir / "prompt_features.npy", mode="w+", dtype=np.float16, shape=(n_prompts, p.dim))
+        for ci, start in enumerate(range(0, n_prompts, chunk_rows)):
+            sl = slice(start, min(n_prompts, start + chunk_rows))
+            crng = np.random.default_rng([p.seed, 4, ci])
+            block = g[sl].astype(np.float32) @ Pt
+            block += np.float32(p.noise) * crng.standard_normal(block.shape, dtype=np.float32)
+            block += mu_over_lam
+            block *= lam_scaled
+            pf[sl] = block.astype(np.float16)
+        pf.flush()
+        del pf
 
     users = np.array([f"u{u:05d}" for u in range(p.users)], dtype=object)
     pairs = pd.DataFrame(
@@ -278,7 +292,9 @@ def generate(p: WorldParams, out_dir: Path, chunk_rows: int = 8192) -> None:
         "bayes_accuracy": float(np.maximum(pt, 1 - pt).mean()),
         "seconds": time.perf_counter() - t0,
         "files": {
-            name: file_digest(out_dir / name) for name in ("pairs.parquet", "responses.parquet", "features.npy")
+            name: file_digest(out_dir / name)
+            for name in ("pairs.parquet", "responses.parquet", "features.npy", "prompt_features.npy")
+            if (out_dir / name).exists()
         },
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -329,12 +345,14 @@ def _open(name: str, p: WorldParams, fp: str, directory: Path, config: dict[str,
         ) from None
     _verify_cache(directory, meta)
     arr = load_features(directory / "features.npy")
+    pf = Features(load_features(directory / "prompt_features.npy")) if p.prompt_features else None
     ds = Dataset(
         name=name,
         pairs=pairs,
         responses=responses,
         prompts=None,
         features=Features(arr),
+        prompt_features=pf,
         split_by="group" if p.style == "prism" else "source",
         family=config.get("family", p.style),
         fingerprint=fp,
