@@ -449,6 +449,7 @@ def _cell_rows(ds, split, g, c, method, support, queries, a_is_chosen, margin):
         {
             "cell": c.key,
             "dataset": ds.name,
+            "features": str(ds.meta.get("feature_model", "none" if ds.features is None else "unknown")),
             "split_seed": g.seed,
             "split_hash": split.hash,
             "shots": pd.array([g.shots] * n_users, dtype="Int64"),

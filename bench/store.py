@@ -29,6 +29,7 @@ META_KEY = b"bench"
 ROW_COLUMNS = [
     "cell",
     "dataset",
+    "features",
     "split_seed",
     "split_hash",
     "shots",

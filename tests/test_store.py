@@ -10,6 +10,7 @@ def _rows(key="k1"):
         {
             "cell": key,
             "dataset": "d",
+            "features": "f",
             "split_seed": 0,
             "split_hash": "h",
             "shots": pd.array([None, None], dtype="Int64"),

@@ -202,7 +202,11 @@ def load_directory(directory: Path) -> Dataset:
         family=str(cfg.get("family", "generic")),
         fingerprint=fp,
         defaults={k: cfg[k] for k in ("shots", "unseen_shots") if k in cfg},
-        meta={"source": str(directory), "description": cfg.get("description", "")},
+        meta={
+            "source": str(directory),
+            "description": cfg.get("description", ""),
+            "feature_model": str(cfg.get("feature_model", "unknown" if features is not None else "none")),
+        },
     )
     return ds.validate()
 

@@ -357,7 +357,7 @@ def _open(name: str, p: WorldParams, fp: str, directory: Path, config: dict[str,
         family=config.get("family", p.style),
         fingerprint=fp,
         defaults={k: config.get(k) for k in ("shots", "unseen_shots") if k in config},
-        meta={"source": "synthetic", "bayes_accuracy": meta["bayes_accuracy"], "params": p.as_dict()},
+        meta={"source": "synthetic", "feature_model": "synthetic", "bayes_accuracy": meta["bayes_accuracy"], "params": p.as_dict()},
     )
     return ds.validate()
 
