@@ -198,7 +198,7 @@ def pair_view(ds: Dataset, split: Split, mask: np.ndarray) -> UserPairs:
     )
 
 
-def test_mask(ds: Dataset, split: Split, test_fraction: float | None) -> np.ndarray:
+def held_out_mask(ds: Dataset, split: Split, test_fraction: float | None) -> np.ndarray:
     mask = ~split.train
     if test_fraction is not None:
         # A fixed, seed-independent subsample shared by every method compared on it.
@@ -413,7 +413,7 @@ def _run_group(
         return 0
     fit_s = time.perf_counter() - t_fit
 
-    tmask = test_mask(ds, split, cfg.test_fraction)
+    tmask = held_out_mask(ds, split, cfg.test_fraction)
     queries, a_is_chosen = query_view(ds, split, tmask, with_truth="oracle" in g.cls.requires)
     ok = 0
     for c in cells:

@@ -40,6 +40,7 @@ import pandas as pd
 from bench.data import Dataset, Features, load_features
 from bench.errors import BenchError, DataError
 from bench.hashing import file_digest, hash_obj
+from bench.progress import note, track
 
 GENERATOR_VERSION = "1"
 
@@ -239,7 +240,8 @@ def generate(p: WorldParams, out_dir: Path, chunk_rows: int = 8192) -> None:
     lam_scaled = (p.scale * world.lam).astype(np.float32)
     mu_over_lam = (world.mu / world.lam).astype(np.float32)
     head = world.rm_head.astype(np.float32)
-    for ci, start in enumerate(range(0, n_rows, chunk_rows)):
+    starts = range(0, n_rows, chunk_rows)
+    for ci, start in enumerate(track(starts, len(starts), f"generating {n_rows:,} × {p.dim} features")):
         sl = slice(start, min(n_rows, start + chunk_rows))
         crng = np.random.default_rng([p.seed, 3, ci])
         block = g[row_prompt[sl]].astype(np.float32) @ Pt
@@ -313,6 +315,7 @@ def load(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset:
     fp = hash_obj({"generator": GENERATOR_VERSION, "name": name, "params": p.as_dict()}, size=12)
     directory = cache_root() / "datasets" / f"{name}-{fp}"
     if not (directory / "meta.json").exists():
+        note(f"generating {name} ({p.users} users, dim {p.dim}) once; cached in {directory}")
         _generate_atomically(p, directory)
     return _open(name, p, fp, directory, config)
 
