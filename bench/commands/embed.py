@@ -131,19 +131,24 @@ def run(args) -> int:
                 rate = f"{(done - start['n']) / dt:.1f} texts/s" if dt > 0 and done > start["n"] else ""
                 prog.update(task, completed=done, total=max(total, 1), rate=rate)
 
-            rep = extract_features(
-                ds,
-                enc,
-                kind=kind,
-                chunk_size=args.chunk,
-                batch_tokens=args.batch_tokens,
-                batch_size=args.batch_size,
-                check_samples=args.check_samples,
-                reference=ref,
-                force=args.force,
-                progress=progress,
-                log=lambda m: prog.console.print(m, markup=False, highlight=False),
-            )
+            try:
+                rep = extract_features(
+                    ds,
+                    enc,
+                    kind=kind,
+                    chunk_size=args.chunk,
+                    batch_tokens=args.batch_tokens,
+                    batch_size=args.batch_size,
+                    check_samples=args.check_samples,
+                    reference=ref,
+                    force=args.force,
+                    progress=progress,
+                    log=lambda m: prog.console.print(m, markup=False, highlight=False),
+                )
+            except KeyboardInterrupt:
+                prog.stop()
+                console.print("interrupted: the chunks written so far are kept; rerun the same command to resume", markup=False)
+                return 130
         if not rep["cached"]:
             rate = rep["embedded"] / rep["seconds"] if rep["seconds"] > 0 else float("nan")
             console.print(

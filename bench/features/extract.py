@@ -106,14 +106,16 @@ def check_sample(encoder, reference, ids: list[list[int]], feats: np.ndarray, lo
     return {"checked": len(ids), "max_feature_rel_err": worst_rel, "max_logit_diff": worst_logit, "max_head_diff": worst_head}
 
 
-def make_batches(lengths: np.ndarray, batch_tokens: int, batch_size: int) -> list[np.ndarray]:
-    """Positions (sorted by length, longest first) grouped so that batch × longest ≤ batch_tokens."""
+def make_batches(lengths: np.ndarray, batch_tokens: int, batch_size: int, max_pad: float = 0.15) -> list[np.ndarray]:
+    """Positions (sorted by length, longest first) grouped so that batch × longest ≤ batch_tokens
+    and no text is padded by more than ``max_pad`` of the batch's longest (padding is wasted work:
+    on a CPU it costs its full share of time)."""
     order = np.argsort(-lengths, kind="stable")
     batches, cur, cur_max = [], [], 0
     for i in order:
         L = int(lengths[i])
         new_max = max(cur_max, L)
-        if cur and ((len(cur) + 1) * new_max > batch_tokens or len(cur) >= batch_size):
+        if cur and ((len(cur) + 1) * new_max > batch_tokens or len(cur) >= batch_size or L < (1 - max_pad) * new_max):
             batches.append(np.array(cur))
             cur, new_max = [], L
         cur.append(int(i))
