@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.errors import BenchError, DataError
-from realdata import write_reddit_raw
+from tests.realdata import write_reddit_raw
 
 pytest.importorskip("transformers")
 pytest.importorskip("gguf")

@@ -10,7 +10,7 @@ import pytest
 
 from bench.data import messages_to_json
 from bench.errors import DataError
-from realdata import reddit_row, write_prism, write_reddit_parquet, write_reddit_raw
+from tests.realdata import reddit_row, write_prism, write_reddit_parquet, write_reddit_raw
 
 
 def _load(name, **options):
