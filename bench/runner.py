@@ -300,6 +300,7 @@ def run(cfg: RunConfig, progress: ProgressFn | None = None, log: Callable[[str],
     store.ensure_writable()
     summary = RunSummary()
     ds = load_dataset(cfg.dataset)
+    log(describe_dataset(ds))
     groups = plan(cfg, ds, summary)
     for name, why in summary.skipped.items():
         log(f"skipping {name}: it {why}")
@@ -340,6 +341,20 @@ def run(cfg: RunConfig, progress: ProgressFn | None = None, log: Callable[[str],
     if progress:
         progress("done", done, n_todo)
     return summary
+
+
+def describe_dataset(ds: Dataset) -> str:
+    """One line: users, pairs, pairs per user, and rows dropped while loading (and why)."""
+    s = ds.summary()
+    line = (
+        f"{s['dataset']}: {s['users']:,} users, {s['pairs']:,} pairs "
+        f"({s['pairs_per_user_mean']:.1f} per user, min {s['pairs_per_user_min']}, max {s['pairs_per_user_max']}), "
+        f"features {s['dim'] or 'none'}"
+    )
+    dropped = {k: v for k, v in (s.get("dropped") or {}).items() if v}
+    if dropped:
+        line += "; dropped " + ", ".join(f"{v:,} {k}" for k, v in dropped.items())
+    return line
 
 
 def _budget_notes(cfg: RunConfig, ds: Dataset, summary: RunSummary, groups: list[FitGroup]) -> None:
