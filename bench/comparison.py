@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.metrics import split_metrics
 from bench.stats import (
     BootstrapResult,
     TTestResult,
@@ -136,6 +135,14 @@ def n_counts(rows: pd.DataFrame, population: str, n_unit: str) -> tuple[float, f
     return float(np.mean(tr)), float(np.mean(te))
 
 
+def metric_value(seen: np.ndarray, acc: np.ndarray, population: str, k: float | None) -> float:
+    """One split-level metric from one split's per-user rows (as bench.metrics.split_metrics)."""
+    from bench.metrics import macro_mean, worst_k
+
+    mask = {"seen": seen, "unseen": ~seen, "overall": np.ones_like(seen)}[population]
+    return macro_mean(acc[mask]) if k is None else worst_k(acc[mask], k)
+
+
 def compare(
     rows_a: pd.DataFrame,
     rows_b: pd.DataFrame,
@@ -146,35 +153,50 @@ def compare(
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    cache: dict | None = None,
 ) -> PairedComparison:
-    """Paired comparison of A and B (each: per-user rows of one variant in one setting)."""
+    """Paired comparison of A and B (each: per-user rows of one variant in one setting).
+
+    ``cache`` (a dict) shares bootstrap draws between the comparisons of one table.
+    """
     pop, k = parse_metric(metric)
     sa, sb = _per_split(rows_a), _per_split(rows_b)
     seeds = sorted(set(sa) & set(sb))
     only_a, only_b = sorted(set(sa) - set(sb)), sorted(set(sb) - set(sa))
     key = metric if k is None else f"{pop}_worst{round(k * 100)}"
-    av, bv, ua, ub, strata = [], [], [], [], []
+    av, bv, ua, ub, strata, n_tr, n_te = [], [], [], [], [], [], []
+    if n_unit not in N_UNITS:
+        raise BenchError(f"unknown n unit '{n_unit}'", hint=f"use one of {', '.join(N_UNITS)}")
     for s in seeds:
         ga, gb = sa[s], sb[s]
-        ha, hb = set(ga["split_hash"]), set(gb["split_hash"])
+        ha, hb = set(ga["split_hash"].unique()), set(gb["split_hash"].unique())
         if ha != hb:
             raise BenchError(
                 f"{a} and {b} are not paired on split {s}: their split hashes differ ({sorted(ha)} vs {sorted(hb)})",
                 hint="compare cells of the same dataset, seen ratio and split seed (rerun one of them)",
             )
-        av.append(split_metrics(ga["seen"].to_numpy(bool), ga["accuracy"].to_numpy(np.float64))[key])
-        bv.append(split_metrics(gb["seen"].to_numpy(bool), gb["accuracy"].to_numpy(np.float64))[key])
-        m = ga[["user", "seen", "accuracy"]].merge(gb[["user", "accuracy"]], on="user", suffixes=("_a", "_b"), how="inner")
-        if len(m) != len(ga) or len(m) != len(gb):
-            raise BenchError(f"{a} and {b} have different users on split {s}", hint="the cells are not paired")
-        if pop != "overall":
-            m = m[m["seen"] == (pop == "seen")]
-        ua.append(m["accuracy_a"].to_numpy(np.float64))
-        ub.append(m["accuracy_b"].to_numpy(np.float64))
-        strata.append(m["seen"].to_numpy(bool).astype(np.int64))
+        # stored rows are in the split's user order; align otherwise (vectorised comparison, no object arrays)
+        if len(ga) != len(gb) or not bool((ga["user"].values == gb["user"].values).all()):
+            if len(ga) != len(gb) or set(ga["user"]) != set(gb["user"]):
+                raise BenchError(f"{a} and {b} have different users on split {s}", hint="the cells are not paired")
+            ga = ga.set_index("user").loc[gb["user"]].reset_index()
+        seen = ga["seen"].to_numpy(bool)
+        acc_a, acc_b = ga["accuracy"].to_numpy(np.float64), gb["accuracy"].to_numpy(np.float64)
+        av.append(metric_value(seen, acc_a, pop, k))
+        bv.append(metric_value(seen, acc_b, pop, k))
+        mask = {"seen": seen, "unseen": ~seen, "overall": np.ones_like(seen)}[pop]
+        if n_unit == "users":
+            n_tr.append(seen.sum())
+            n_te.append((~seen).sum())
+        else:
+            n_tr.append(ga["n_support"].to_numpy()[seen].sum())
+            n_te.append(ga["n_test"].to_numpy()[mask].sum())
+        ua.append(acc_a[mask])
+        ub.append(acc_b[mask])
+        strata.append(seen[mask].astype(np.int64))
     av_arr, bv_arr = np.asarray(av, dtype=np.float64), np.asarray(bv, dtype=np.float64)
-    n_train, n_test = n_counts(pd.concat([sa[s] for s in seeds]) if seeds else rows_a, pop, n_unit)
-    if n_train <= 0:
+    n_train, n_test = (float(np.mean(n_tr)), float(np.mean(n_te))) if seeds else n_counts(rows_a, pop, n_unit)
+    if not n_train > 0:
         n_train = float("nan")
     diffs = av_arr - bv_arr
     if np.isfinite(n_train):
@@ -186,7 +208,7 @@ def compare(
     bs = None
     if n_boot > 0 and seeds:
         bs = paired_cluster_bootstrap(ua, ub, strata=strata, statistic="mean" if k is None else k,
-                                      n_boot=n_boot, confidence=confidence, seed=seed)
+                                      n_boot=n_boot, confidence=confidence, seed=seed, cache=cache)
     return PairedComparison(a, b, key, seeds, av_arr, bv_arr, tt, wx, bs, n_unit, only_a, only_b)
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "paired_cluster_bootstrap",
     "holm",
     "worst_k_count",
+    "resample_counts",
 ]
 
 
@@ -85,7 +86,9 @@ def corrected_resampled_ttest(
     with ``s²`` the sample variance (ddof = 1), compared with Student's t on S − 1 degrees of
     freedom; with ``n_test = 0`` it is exactly the one-sample t-test.
     """
-    from scipy.stats import t as student_t
+    # Student t through scipy.special's ufuncs (stdtr = CDF, stdtrit = quantile): the same numbers
+    # as scipy.stats.t without its per-call overhead (a table makes hundreds of these calls).
+    from scipy.special import stdtr, stdtrit
 
     if alternative not in ("two-sided", "greater", "less"):
         raise ValueError(f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}")
@@ -115,12 +118,12 @@ def corrected_resampled_ttest(
         return TTestResult(mean, 0.0, stat, df, p, mean, mean, s, factor, n_train, n_test, alternative)
     stat = mean / se
     if alternative == "two-sided":
-        p = 2.0 * float(student_t.sf(abs(stat), df))
+        p = 2.0 * float(stdtr(df, -abs(stat)))
     elif alternative == "greater":
-        p = float(student_t.sf(stat, df))
+        p = float(stdtr(df, -stat))
     else:
-        p = float(student_t.cdf(stat, df))
-    q = float(student_t.ppf(0.5 + confidence / 2, df))
+        p = float(stdtr(df, stat))
+    q = float(stdtrit(df, 0.5 + confidence / 2))
     return TTestResult(mean, se, stat, df, min(p, 1.0), mean - q * se, mean + q * se, s, factor, n_train, n_test, alternative)
 
 
@@ -245,13 +248,58 @@ def worst_k_count(n: int, k: float) -> int:
     return max(1, math.ceil(round(k * n, 9)))
 
 
-def _stat_rows(x: np.ndarray, statistic: str | float) -> np.ndarray:
-    """The statistic along the last axis: 'mean' or the worst-k mean for k a fraction."""
+def _stat_rows(x: np.ndarray, statistic: str | float) -> float:
+    """The statistic of one sample: 'mean' or the worst-k mean for k a fraction."""
     if statistic == "mean":
-        return x.mean(axis=-1)
-    k = float(statistic)
-    m = worst_k_count(x.shape[-1], k)
-    return np.partition(x, m - 1, axis=-1)[..., :m].mean(axis=-1) if m < x.shape[-1] else x.mean(axis=-1)
+        return float(x.mean())
+    m = worst_k_count(len(x), float(statistic))
+    return float(np.sort(x)[:m].mean())
+
+
+def resample_counts(strata: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) draw counts: users resampled with replacement within each stratum (sizes kept).
+
+    float32 (exact for counts below 2^24): the resampled statistics are products with it, bound by
+    reading this matrix. They use ``einsum`` (numpy's own single-threaded loop) rather than BLAS,
+    whose thread pool is very slow for products this small on a busy machine."""
+    n = len(strata)
+    counts = np.zeros((n_boot, n), dtype=np.float32)
+    for v in np.unique(strata):
+        members = np.flatnonzero(strata == v)
+        k = len(members)
+        idx = rng.integers(0, k, size=(n_boot, k)) + (np.arange(n_boot) * k)[:, None]
+        counts[:, members] = np.bincount(idx.ravel(), minlength=n_boot * k).reshape(n_boot, k)
+    return counts
+
+
+def _resampled_stat(x: np.ndarray, counts: np.ndarray, statistic: str | float) -> np.ndarray:
+    """The statistic of every resample given by ``counts`` (n_boot, n), without materialising it."""
+    n = len(x)
+    if statistic == "mean":
+        return np.einsum("bn,n->b", counts, x.astype(np.float32)).astype(np.float64) / n
+    m = worst_k_count(n, float(statistic))  # every resample has n users
+    order = np.argsort(x, kind="stable")
+    # Only the lowest values can be among a resample's m lowest: start with the 2m + 16 lowest users
+    # and widen until every resample has drawn at least m of them (then the result is exact).
+    width = min(n, 2 * m + 16)
+    while True:
+        c = counts[:, order[:width]]
+        cum = np.cumsum(c, axis=1)  # float32 is exact for counts
+        if width == n or cum[:, -1].min() >= m:
+            break
+        width = min(n, 2 * width)
+    take = np.clip(np.float32(m) - (cum - c), np.float32(0), c)  # copies of each value among the m lowest
+    return np.einsum("bn,n->b", take, x[order[:width]].astype(np.float32)).astype(np.float64) / m
+
+
+def _cached_stat(x: np.ndarray, counts: np.ndarray, statistic, draws_key, cache: dict | None) -> np.ndarray:
+    if cache is None:
+        return _resampled_stat(x, counts, statistic)
+    key = ("stat", draws_key, statistic, x.tobytes())
+    out = cache.get(key)
+    if out is None:
+        out = cache[key] = _resampled_stat(x, counts, statistic)
+    return out
 
 
 def paired_cluster_bootstrap(
@@ -262,6 +310,7 @@ def paired_cluster_bootstrap(
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    cache: dict | None = None,
 ) -> BootstrapResult:
     """Percentile CI of stat(A) − stat(B), averaged over splits, resampling users within splits.
 
@@ -269,7 +318,9 @@ def paired_cluster_bootstrap(
     user (users missing from either side — NaN — are dropped from that split). ``strata[s]`` (e.g.
     the seen flags) keeps each stratum's size fixed in every resample. ``statistic`` is ``"mean"``
     or a fraction k for the worst-k% mean (the ⌈k·N⌉ lowest users of each method separately, as
-    the metric itself). The same resampled users serve both methods (paired).
+    the metric itself). The same resampled users serve both methods (paired). The draws of split
+    ``s`` depend only on (seed, s, its strata), so a ``cache`` dict may share them between the
+    comparisons of one table.
     """
     if len(a) != len(b):
         raise ValueError(f"a and b must list the same splits, got {len(a)} and {len(b)}")
@@ -279,7 +330,6 @@ def paired_cluster_bootstrap(
             raise ValueError(f"worst-k fraction must be in (0, 1], got {statistic}")
     if n_boot < 1:
         raise ValueError("n_boot must be ≥ 1")
-    rng = np.random.default_rng(seed)
     reps = np.zeros(n_boot)
     est = []
     used = 0
@@ -289,21 +339,22 @@ def paired_cluster_bootstrap(
         if xa.shape != xb.shape:
             raise ValueError(f"split {s}: a and b have {xa.shape} and {xb.shape} users; they must be aligned")
         ok = np.isfinite(xa) & np.isfinite(xb)
-        st = (np.zeros(len(xa), dtype=np.int64) if strata is None else np.asarray(strata[s]))[ok]
+        st = (np.zeros(len(xa), dtype=np.int64) if strata is None else np.asarray(strata[s], dtype=np.int64))[ok]
         xa, xb = xa[ok], xb[ok]
         if len(xa) == 0:
             continue
         used += 1
-        est.append(float(_stat_rows(xa, statistic) - _stat_rows(xb, statistic)))
-        cols = []
-        for v in np.unique(st):
-            members = np.flatnonzero(st == v)
-            cols.append(members[rng.integers(0, len(members), size=(n_boot, len(members)))])
-        idx = np.concatenate(cols, axis=1)
+        est.append(_stat_rows(xa, statistic) - _stat_rows(xb, statistic))
+        key = (seed, s, n_boot, st.tobytes())
+        counts = cache.get(key) if cache is not None else None
+        if counts is None:
+            counts = resample_counts(st, n_boot, np.random.default_rng([seed, s]))
+            if cache is not None:
+                cache[key] = counts
         if statistic == "mean":  # a difference of means over the same users is the mean difference
-            reps += (xa - xb)[idx].mean(axis=1)
-        else:
-            reps += _stat_rows(xa[idx], statistic) - _stat_rows(xb[idx], statistic)
+            reps += _resampled_stat(xa - xb, counts, "mean")
+        else:  # each method's replicates depend only on its own values and the draws: cache them too
+            reps += _cached_stat(xa, counts, statistic, key, cache) - _cached_stat(xb, counts, statistic, key, cache)
     nan = float("nan")
     name = "mean" if statistic == "mean" else f"worst{round(float(statistic) * 100)}"
     if used == 0:

@@ -102,6 +102,7 @@ def render_output(rs: ResultSet, name: str, out_dir: Path) -> OutputReport:
             tests.to_csv(p, index=False, float_format="%.6g", lineterminator="\n")
             rep.files.append(p)
         rep.markdown = pt.to_markdown(grid)
+        rep.notes += grid.notes
         inc = grid.incomplete_rows()
         if inc:
             rep.notes.append(f"incomplete rows (shown with (k/S), never ranked, tested or averaged as complete): {', '.join(inc)}")

@@ -52,6 +52,7 @@ class Grid:
     extra_rows: list[tuple[str, list[str]]] = field(default_factory=list)
     tests: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    boot_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.markers is None:
@@ -111,11 +112,21 @@ def build_grid(name: str, slots: pd.DataFrame, rows: list[tuple[str, str]], colu
 
 
 def _compare_cells(rs, grid: Grid, i: int, k: int, j: int, n_unit: str, n_boot: int):
+    """The paired comparison of rows i and k in column j, or None (with a note) if they are not paired."""
+    from bench.errors import BenchError
+
     col = grid.columns[j]
     ra = rs.user_rows(grid.keys[i, j])
     rb = rs.user_rows(grid.keys[k, j])
-    return compare(ra, rb, grid.rows[i], grid.rows[k], metric=col.metric, n_unit=n_unit, n_boot=n_boot,
-                   seed=j * 1000 + i * 31 + k)
+    try:
+        # one seed and one draw cache per table: all its comparisons share the bootstrap resamples
+        return compare(ra, rb, grid.rows[i], grid.rows[k], metric=col.metric, n_unit=n_unit, n_boot=n_boot,
+                       seed=0, cache=grid.boot_cache)
+    except BenchError as e:
+        note = f"{col.group} · {col.label}: {grid.rows[i]} vs {grid.rows[k]} not tested — {e.message}"
+        if note not in grid.notes:
+            grid.notes.append(note)
+        return None
 
 
 def mark_best_vs_rest(rs, grid: Grid, alpha: float, n_unit: str, n_boot: int) -> None:
@@ -130,11 +141,14 @@ def mark_best_vs_rest(rs, grid: Grid, alpha: float, n_unit: str, n_boot: int) ->
             if k == best or not grid.rankable[k] or not grid.complete(k, j):
                 continue
             c = _compare_cells(rs, grid, best, k, j, n_unit, n_boot)
+            if c is None:
+                grid.markers[best, j] += "?"  # its significance cannot be established: say so, never star it
+                continue
             pending.append((j, best, k, c))
     _apply_holm(grid, pending, alpha)
     for j in range(len(grid.columns)):
         tests = [t for t in grid.tests if t["column"] == j]
-        if tests and all(t["significant"] for t in tests):
+        if tests and all(t["significant"] for t in tests) and "?" not in "".join(grid.markers[:, j]):
             grid.markers[tests[0]["row_a"], j] += "*"
 
 
@@ -148,7 +162,8 @@ def mark_against_reference(rs, grid: Grid, reference: int, alpha: float, n_unit:
             if k == reference or not grid.complete(k, j):
                 continue
             c = _compare_cells(rs, grid, reference, k, j, n_unit, n_boot)
-            pending.append((j, reference, k, c))
+            if c is not None:
+                pending.append((j, reference, k, c))
     _apply_holm(grid, pending, alpha)
     for t in grid.tests:
         if t["significant"]:
@@ -362,6 +377,8 @@ def caption_table1(grid: Grid, plan, output: str, skipped_methods: list[str]) ->
         ours = _latex_escape(plan.method_label(plan.config["outputs"][output].get("ours", "")))
         cap += (f" \\% Improvement: gain of the best {ours} row over the best other row, relative to the latter "
                 "(only where every row is complete).")
+    if any("?" in m for m in grid.markers.ravel()):
+        cap += " $^{?}$: a comparison of this best cell could not be made (the cells are not paired; see the index)."
     if grid.incomplete_rows():
         cap += " $(k/S)$: only $k$ of $S$ planned splits are present; such cells are neither ranked, tested nor used for the improvement."
     if skipped_methods:

@@ -184,3 +184,30 @@ def test_metric_names_are_validated():
     for bad in ("overal", "overall_worst30", "overall_best10"):
         with pytest.raises(BenchError):
             parse_metric(bad)
+
+
+@pytest.mark.parametrize("n", [5, 37, 300])
+def test_resampled_statistics_from_counts_equal_materialised_resamples(n):
+    from bench.stats import _resampled_stat, resample_counts, worst_k_count
+
+    rng = np.random.default_rng(n)
+    x = np.round(rng.uniform(0, 1, n), 1)  # ties on purpose
+    strata = (np.arange(n) < n // 2).astype(int)
+    counts = resample_counts(strata, 200, np.random.default_rng(1))
+    assert (counts[:, strata == 1].sum(1) == (strata == 1).sum()).all()  # stratum sizes kept
+    samples = [np.repeat(x, c.astype(int)) for c in counts]
+    np.testing.assert_allclose(_resampled_stat(x, counts, "mean"), [s.mean() for s in samples], atol=1e-6)
+    for k in (0.1, 0.2, 0.5, 1.0):
+        m = worst_k_count(n, k)
+        np.testing.assert_allclose(_resampled_stat(x, counts, k), [np.sort(s)[:m].mean() for s in samples], atol=1e-6)
+
+
+def test_bootstrap_cache_reuses_draws_without_changing_results():
+    rng = np.random.default_rng(2)
+    a = [rng.uniform(0, 1, 40) for _ in range(3)]
+    b = [x - rng.uniform(0, 0.1, 40) for x in a]
+    cache: dict = {}
+    first = paired_cluster_bootstrap(a, b, statistic=0.2, n_boot=300, seed=4, cache=cache)
+    again = paired_cluster_bootstrap(a, b, statistic=0.2, n_boot=300, seed=4, cache=cache)
+    fresh = paired_cluster_bootstrap(a, b, statistic=0.2, n_boot=300, seed=4)
+    assert first == again == fresh and len(cache) > 0
