@@ -27,6 +27,7 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.stats import (
     BootstrapResult,
+    resample_counts,
     TTestResult,
     WilcoxonResult,
     corrected_resampled_ttest,
@@ -135,6 +136,26 @@ def n_counts(rows: pd.DataFrame, population: str, n_unit: str) -> tuple[float, f
     return float(np.mean(tr)), float(np.mean(te))
 
 
+def _split_draws(seen: np.ndarray, n_boot: int, seed: int, split_seed: int, cache: dict | None) -> np.ndarray:
+    key = ("split-draws", seed, int(split_seed), n_boot, seen.tobytes())
+    c = cache.get(key) if cache is not None else None
+    if c is None:
+        c = resample_counts(seen.astype(np.int64), n_boot, np.random.default_rng([seed, int(split_seed)]))
+        if cache is not None:
+            cache[key] = c
+    return c
+
+
+def _population_draws(full: np.ndarray, sub: np.ndarray, pop: str, cache: dict | None) -> np.ndarray:
+    key = ("pop-draws", id(full), pop)  # `full` lives in the cache, so its id is stable
+    c = cache.get(key) if cache is not None else None
+    if c is None:
+        c = np.ascontiguousarray(full[:, sub])
+        if cache is not None:
+            cache[key] = c
+    return c
+
+
 def metric_value(seen: np.ndarray, acc: np.ndarray, population: str, k: float | None) -> float:
     """One split-level metric from one split's per-user rows (as bench.metrics.split_metrics)."""
     from bench.metrics import macro_mean, worst_k
@@ -164,7 +185,7 @@ def compare(
     seeds = sorted(set(sa) & set(sb))
     only_a, only_b = sorted(set(sa) - set(sb)), sorted(set(sb) - set(sa))
     key = metric if k is None else f"{pop}_worst{round(k * 100)}"
-    av, bv, ua, ub, strata, n_tr, n_te = [], [], [], [], [], [], []
+    av, bv, ua, ub, draws, n_tr, n_te = [], [], [], [], [], [], []
     if n_unit not in N_UNITS:
         raise BenchError(f"unknown n unit '{n_unit}'", hint=f"use one of {', '.join(N_UNITS)}")
     for s in seeds:
@@ -185,15 +206,22 @@ def compare(
         av.append(metric_value(seen, acc_a, pop, k))
         bv.append(metric_value(seen, acc_b, pop, k))
         mask = {"seen": seen, "unseen": ~seen, "overall": np.ones_like(seen)}[pop]
+        if n_boot > 0:
+            # draws for the whole split (seen/unseen strata, users with test pairs); a population's
+            # draws are its columns — a valid within-stratum resample — so all metrics share them
+            ok = np.isfinite(acc_a) & np.isfinite(acc_b)
+            full = _split_draws(seen[ok], n_boot, seed, s, cache)
+            sub = mask[ok]
+            cols = full if sub.all() else _population_draws(full, sub, pop, cache)
+            draws.append(cols)
+            ua.append(acc_a[ok][sub])
+            ub.append(acc_b[ok][sub])
         if n_unit == "users":
             n_tr.append(seen.sum())
             n_te.append((~seen).sum())
         else:
             n_tr.append(ga["n_support"].to_numpy()[seen].sum())
             n_te.append(ga["n_test"].to_numpy()[mask].sum())
-        ua.append(acc_a[mask])
-        ub.append(acc_b[mask])
-        strata.append(seen[mask].astype(np.int64))
     av_arr, bv_arr = np.asarray(av, dtype=np.float64), np.asarray(bv, dtype=np.float64)
     n_train, n_test = (float(np.mean(n_tr)), float(np.mean(n_te))) if seeds else n_counts(rows_a, pop, n_unit)
     if not n_train > 0:
@@ -207,8 +235,8 @@ def compare(
     wx = wilcoxon_signed_rank(diffs)
     bs = None
     if n_boot > 0 and seeds:
-        bs = paired_cluster_bootstrap(ua, ub, strata=strata, statistic="mean" if k is None else k,
-                                      n_boot=n_boot, confidence=confidence, seed=seed, cache=cache)
+        bs = paired_cluster_bootstrap(ua, ub, statistic="mean" if k is None else k, n_boot=n_boot,
+                                      confidence=confidence, seed=seed, cache=cache, counts=draws)
     return PairedComparison(a, b, key, seeds, av_arr, bv_arr, tt, wx, bs, n_unit, only_a, only_b)
 
 

@@ -388,12 +388,50 @@ def _row_label(cfg: dict, method: str, spec: str, specs: list[str]) -> str:
 # ---------------------------------------------------------------------------- running
 
 
-def cell_states(plan: Plan, results: Path) -> dict[str, str]:
-    """Key → done | missing | failed | corrupt, for every planned cell (reads and verifies files)."""
+@dataclass
+class StoredCells:
+    """The planned cells as found in a results directory (each file read and verified once)."""
+
+    rows: dict[str, Any] = field(default_factory=dict)  # key → per-user rows (done cells)
+    metas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)  # key → done | missing | failed | corrupt
+    errors: dict[str, str] = field(default_factory=dict)  # key → failure or corruption message
+
+
+def read_cells(keys: list[str], results: Path, known: StoredCells | None = None) -> StoredCells:
+    """Read and verify the given cells; cells already ``done`` in ``known`` are reused, not reread."""
+    import json
+
+    from bench.errors import IntegrityError
     from bench.store import ResultsStore
 
     store = ResultsStore(results)
-    return {k: store.status(k).state for k in plan.keys}
+    out = StoredCells()
+    for key in keys:
+        if known is not None and known.states.get(key) == "done":
+            out.rows[key], out.metas[key], out.states[key] = known.rows[key], known.metas[key], "done"
+            continue
+        path = store.cell_path(key)
+        if path.exists():
+            try:
+                out.rows[key], out.metas[key] = store.read_cell(path)
+                out.states[key] = "done"
+            except IntegrityError as e:
+                out.states[key], out.errors[key] = "corrupt", e.message
+        elif store.failure_path(key).exists():
+            out.states[key] = "failed"
+            try:
+                out.errors[key] = json.loads(store.failure_path(key).read_text()).get("error", "failed")
+            except (OSError, json.JSONDecodeError):
+                out.errors[key] = "failed (unreadable failure record)"
+        else:
+            out.states[key] = "missing"
+    return out
+
+
+def cell_states(plan: Plan, results: Path) -> dict[str, str]:
+    """Key → done | missing | failed | corrupt, for every planned cell (reads and verifies files)."""
+    return read_cells(plan.keys, results).states
 
 
 def execute(
@@ -407,11 +445,13 @@ def execute(
     """Run every job with missing cells through the ordinary runner; then the analyses."""
     from bench.runner import run
 
-    states = cell_states(plan, results)
+    stored = read_cells(plan.keys, results)
+    states = stored.states
     todo = [j for j in plan.jobs if any(states[k] != "done" for k in j.keys)]
     n_missing = sum(1 for s in states.values() if s != "done")
     log(f"{len(states)} cells planned — {len(states) - n_missing} cached, {n_missing} to run in {len(todo)} jobs")
-    summary = {"ran": 0, "failed": [], "interrupted": False, "jobs": len(todo), "analyses": []}
+    # `stored` lets rendering reuse what was read here instead of reading every cell again
+    summary = {"ran": 0, "failed": [], "interrupted": False, "jobs": len(todo), "analyses": [], "stored": stored}
     for i, job in enumerate(todo, 1):
         cfg = job.run_config(results, device, threads)
 

@@ -87,7 +87,7 @@ def corrected_resampled_ttest(
     freedom; with ``n_test = 0`` it is exactly the one-sample t-test.
     """
     # Student t through scipy.special's ufuncs (stdtr = CDF, stdtrit = quantile): the same numbers
-    # as scipy.stats.t without its per-call overhead (a table makes hundreds of these calls).
+    # as scipy.stats.t without its import and per-call overhead (a table makes hundreds of calls).
     from scipy.special import stdtr, stdtrit
 
     if alternative not in ("two-sided", "greater", "less"):
@@ -167,7 +167,7 @@ def _signed_rank_pmf(n: int) -> np.ndarray:
 
 def wilcoxon_signed_rank(diffs: Sequence[float] | np.ndarray, alternative: str = "two-sided") -> WilcoxonResult:
     """Wilcoxon signed-rank test of paired differences against 0, zero method of Pratt."""
-    from scipy.stats import norm
+    from scipy.special import ndtr  # the normal CDF (importing scipy.stats costs seconds)
 
     if alternative not in ("two-sided", "greater", "less"):
         raise ValueError(f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}")
@@ -219,11 +219,11 @@ def wilcoxon_signed_rank(diffs: Sequence[float] | np.ndarray, alternative: str =
             return WilcoxonResult(statistic, 1.0, r_plus, r_minus, n, n_zero, "degenerate", nan)
         z = (r_plus - mn) / se  # no continuity correction (scipy's default)
         if alternative == "two-sided":
-            p = 2 * float(norm.sf(abs(z)))
+            p = 2 * float(ndtr(-abs(z)))
         elif alternative == "greater":
-            p = float(norm.sf(z))
+            p = float(ndtr(-z))
         else:
-            p = float(norm.cdf(z))
+            p = float(ndtr(z))
         method = "normal"
     return WilcoxonResult(statistic, float(min(max(p, 0.0), 1.0)), r_plus, r_minus, n, n_zero, method, min_p)
 
@@ -292,10 +292,10 @@ def _resampled_stat(x: np.ndarray, counts: np.ndarray, statistic: str | float) -
     return np.einsum("bn,n->b", take, x[order[:width]].astype(np.float32)).astype(np.float64) / m
 
 
-def _cached_stat(x: np.ndarray, counts: np.ndarray, statistic, draws_key, cache: dict | None) -> np.ndarray:
+def _cached_stat(x: np.ndarray, counts: np.ndarray, statistic, cache: dict | None) -> np.ndarray:
     if cache is None:
         return _resampled_stat(x, counts, statistic)
-    key = ("stat", draws_key, statistic, x.tobytes())
+    key = ("stat", id(counts), statistic, x.tobytes())  # counts arrays live in the cache: ids are stable
     out = cache.get(key)
     if out is None:
         out = cache[key] = _resampled_stat(x, counts, statistic)
@@ -311,6 +311,7 @@ def paired_cluster_bootstrap(
     confidence: float = 0.95,
     seed: int = 0,
     cache: dict | None = None,
+    counts: Sequence[np.ndarray] | None = None,
 ) -> BootstrapResult:
     """Percentile CI of stat(A) − stat(B), averaged over splits, resampling users within splits.
 
@@ -320,7 +321,8 @@ def paired_cluster_bootstrap(
     or a fraction k for the worst-k% mean (the ⌈k·N⌉ lowest users of each method separately, as
     the metric itself). The same resampled users serve both methods (paired). The draws of split
     ``s`` depend only on (seed, s, its strata), so a ``cache`` dict may share them between the
-    comparisons of one table.
+    comparisons of one table; ``counts[s]`` (n_boot × users, e.g. from :func:`resample_counts`)
+    supplies them directly, for finite ``a``/``b``.
     """
     if len(a) != len(b):
         raise ValueError(f"a and b must list the same splits, got {len(a)} and {len(b)}")
@@ -328,8 +330,10 @@ def paired_cluster_bootstrap(
         k = float(statistic)
         if not 0 < k <= 1:
             raise ValueError(f"worst-k fraction must be in (0, 1], got {statistic}")
-    if n_boot < 1:
+    if n_boot < 1 and counts is None:
         raise ValueError("n_boot must be ≥ 1")
+    if counts is not None:
+        n_boot = counts[0].shape[0] if len(counts) else n_boot
     reps = np.zeros(n_boot)
     est = []
     used = 0
@@ -338,23 +342,30 @@ def paired_cluster_bootstrap(
         xb = np.asarray(xb, dtype=np.float64)
         if xa.shape != xb.shape:
             raise ValueError(f"split {s}: a and b have {xa.shape} and {xb.shape} users; they must be aligned")
-        ok = np.isfinite(xa) & np.isfinite(xb)
-        st = (np.zeros(len(xa), dtype=np.int64) if strata is None else np.asarray(strata[s], dtype=np.int64))[ok]
-        xa, xb = xa[ok], xb[ok]
+        if counts is not None:
+            c = counts[s]
+            if c.shape != (n_boot, len(xa)) or not (np.isfinite(xa).all() and np.isfinite(xb).all()):
+                raise ValueError(f"split {s}: counts must be (n_boot, users) for finite a and b")
+        else:
+            ok = np.isfinite(xa) & np.isfinite(xb)
+            st = (np.zeros(len(xa), dtype=np.int64) if strata is None else np.asarray(strata[s], dtype=np.int64))[ok]
+            xa, xb = xa[ok], xb[ok]
+            c = None
         if len(xa) == 0:
             continue
         used += 1
         est.append(_stat_rows(xa, statistic) - _stat_rows(xb, statistic))
-        key = (seed, s, n_boot, st.tobytes())
-        counts = cache.get(key) if cache is not None else None
-        if counts is None:
-            counts = resample_counts(st, n_boot, np.random.default_rng([seed, s]))
-            if cache is not None:
-                cache[key] = counts
+        if c is None:
+            key = ("draws", seed, s, n_boot, st.tobytes())
+            c = cache.get(key) if cache is not None else None
+            if c is None:
+                c = resample_counts(st, n_boot, np.random.default_rng([seed, s]))
+                if cache is not None:
+                    cache[key] = c
         if statistic == "mean":  # a difference of means over the same users is the mean difference
-            reps += _resampled_stat(xa - xb, counts, "mean")
+            reps += _resampled_stat(xa - xb, c, "mean")
         else:  # each method's replicates depend only on its own values and the draws: cache them too
-            reps += _cached_stat(xa, counts, statistic, key, cache) - _cached_stat(xb, counts, statistic, key, cache)
+            reps += _cached_stat(xa, c, statistic, cache) - _cached_stat(xb, c, statistic, cache)
     nan = float("nan")
     name = "mean" if statistic == "mean" else f"worst{round(float(statistic) * 100)}"
     if used == 0:

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 
-def timed(cmd: list[str]) -> tuple[float, float, str]:
+def timed(cmd: list[str]) -> tuple[float, float, str, float]:
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = p.stdout.read().decode(errors="replace")
@@ -35,7 +35,8 @@ def timed(cmd: list[str]) -> tuple[float, float, str]:
     if code not in (0, 1):  # 1 = some cells failed: still a measurement, reported below
         sys.stderr.write(out[-4000:])
         raise SystemExit(f"command failed ({code}): {' '.join(cmd)}")
-    return wall, ru.ru_maxrss / 1024**2, out
+    # CPU time too: on a shared machine the wall time mostly measures the neighbours
+    return wall, ru.ru_maxrss / 1024**2, out, ru.ru_utime + ru.ru_stime
 
 
 def scale_check(repeats: int, n_boot: int) -> None:
@@ -114,22 +115,29 @@ def main() -> None:
           flush=True)
     cold = None
     if not args.skip_cold:
-        wall, rss, out = timed(base)
+        wall, rss, out, cpu = timed(base)
         cold = wall
         tail = [line for line in out.splitlines() if "cells computed" in line or "planned" in line]
-        print(json.dumps({"phase": "cold", "wall_s": round(wall, 1), "peak_rss_gib": round(rss, 2), "log": tail}), flush=True)
-    wall, rss, _ = timed(base)
+        print(json.dumps({"phase": "cold", "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_rss_gib": round(rss, 2),
+                          "log": tail}), flush=True)
+    wall, rss, _, cpu = timed(base)
     resume = wall
-    print(json.dumps({"phase": "resume", "wall_s": round(wall, 2), "peak_rss_gib": round(rss, 2)}), flush=True)
-    renders = []
+    print(json.dumps({"phase": "resume", "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_gib": round(rss, 2)}),
+          flush=True)
+    renders, cpus = [], []
     for i in range(args.render_runs):
-        wall, rss, _ = timed([*base, "--render-only"])
+        wall, rss, _, cpu = timed([*base, "--render-only"])
         renders.append(wall)
-        print(json.dumps({"phase": "render-only", "i": i, "wall_s": round(wall, 2), "peak_rss_gib": round(rss, 2)}), flush=True)
+        cpus.append(cpu)
+        print(json.dumps({"phase": "render-only", "i": i, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                          "peak_rss_gib": round(rss, 2)}), flush=True)
     med = statistics.median(renders) if renders else float("nan")
+    med_cpu = statistics.median(cpus) if cpus else float("nan")
+    load = os.getloadavg()[0]
     print(f"\nbench paper --datasets {' '.join(args.datasets)} --repeats {args.repeats}: "
           + (f"cold {cold / 60:.1f} min; " if cold is not None else "")
-          + f"resumed {resume:.1f} s; re-render median {med:.1f} s over {len(renders)} runs (cpus={os.cpu_count()})")
+          + f"resumed {resume:.1f} s; re-render median {med:.1f} s wall / {med_cpu:.1f} s CPU over {len(renders)} runs "
+          f"(cpus={os.cpu_count()}, load average {load:.1f})")
 
 
 if __name__ == "__main__":

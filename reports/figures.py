@@ -79,10 +79,10 @@ def save(fig, stem: Path, data: pd.DataFrame) -> list[Path]:
 
 def summarise(values: np.ndarray, expected: int) -> dict:
     """mean, std (ddof 1), n, expected, complete, and a 95% t-interval over splits."""
-    from scipy.stats import t as student_t
+    from scipy.special import stdtrit  # Student t quantile (scipy.stats is slow to import)
 
     m, s, n = mean_std(values)
-    half = float(student_t.ppf(0.975, n - 1) * s / math.sqrt(n)) if n > 1 and np.isfinite(s) else float("nan")
+    half = float(stdtrit(n - 1, 0.975) * s / math.sqrt(n)) if n > 1 and np.isfinite(s) else float("nan")
     return {"mean": m, "std": s, "ci_low": m - half, "ci_high": m + half, "n_splits": n, "expected": expected,
             "complete": bool(n == expected and n > 0)}
 
@@ -279,8 +279,9 @@ def plot_two_metric_sweeps(data: pd.DataFrame, stem: Path, panels: list[dict]) -
     """Fig. 5: per panel, overall accuracy (left axis) and worst-10% accuracy (right axis) vs the swept value."""
     plt = _mpl()
     with plt.rc_context(FIG_RC):
-        fig, axes = plt.subplots(1, len(panels), figsize=(DOUBLE * 0.8, 2.3), squeeze=False, layout="constrained")
+        fig, axes = plt.subplots(1, len(panels), figsize=(DOUBLE * 0.8, 2.5), squeeze=False, layout="constrained")
         c_over, c_worst = _palette(2)[:2]
+        legend: dict[str, object] = {}
         for p, (ax, spec) in enumerate(zip(axes[0], panels)):
             d = data[data["panel"] == p] if len(data) else data
             values = list(dict.fromkeys(d["value"])) if len(d) else []
@@ -290,27 +291,26 @@ def plot_two_metric_sweeps(data: pd.DataFrame, stem: Path, panels: list[dict]) -
             right = ax.twinx()
             right.spines["right"].set_visible(True)
             right.grid(False)
-            for axis, metric, color, name in ((ax, "overall", c_over, "Overall"), (right, "overall_worst10", c_worst, "Worst 10%")):
+            for shift, (axis, metric, color, name) in zip((-0.05, 0.05), ((ax, "overall", c_over, "Overall"),
+                                                                        (right, "overall_worst10", c_worst, "Worst 10%"))):
                 r = d[d["metric"] == metric].set_index("value").reindex(values) if len(d) else d
                 if not len(r):
                     continue
                 complete = bool(r["complete"].fillna(False).all())
-                axis.errorbar(x, r["mean"] * 100, yerr=r["std"].fillna(0) * 100, capsize=2, elinewidth=0.6,
-                              label=name + ("" if complete else " (incomplete)"),
-                              **_style_kwargs(complete, color, "o" if metric == "overall" else "s"))
+                h = axis.errorbar(x + shift, r["mean"] * 100, yerr=r["std"].fillna(0) * 100, capsize=2, elinewidth=0.6,
+                                  **_style_kwargs(complete, color, "o" if metric == "overall" else "s"))
+                legend.setdefault(name + ("" if complete else " (incomplete)"), h)
                 axis.set_ylabel(f"{name} accuracy (%)", color=color)
                 axis.tick_params(axis="y", colors=color)
             if not _has_data(d):
                 no_data(ax)
                 right.set_yticks([])
             ax.set_xticks(x, labels)
-            ax.set_xlabel(spec.get("xlabel", d["param"].iloc[0] if len(d) else ""))
-            ax.set_title(f"({chr(97 + p)}) {spec.get('xlabel', '')}")
-            h1, l1 = ax.get_legend_handles_labels()
-            h2, l2 = right.get_legend_handles_labels()
-            ax.legend(h1 + h2, l1 + l2, loc="best")
-            if spec.get("note"):
-                ax.text(0.99, 0.02, spec["note"], transform=ax.transAxes, ha="right", va="bottom", fontsize=6, color="0.3")
+            xlabel = spec.get("xlabel", d["param"].iloc[0] if len(d) else "")
+            ax.set_xlabel(xlabel + (f" ({spec['note']})" if spec.get("note") else ""))
+            ax.set_title(f"({chr(97 + p)}) {xlabel}")
+        if legend:
+            fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=len(legend))
         return save(fig, stem, data)
 
 
@@ -410,6 +410,9 @@ def plot_selection_bias(curve: pd.DataFrame, picks: pd.DataFrame, stem: Path, da
                        label="Best test epoch of each split (official)")
             ax.scatter(picks["final_epoch"], picks["honest"] * 100, color=c3, marker="o", zorder=3, s=12,
                        label="Final epoch of each split (honest)")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("Epoch")
         ax.set_ylabel("Overall accuracy (%)")
         ax.set_title("Analysis: selecting the epoch on test data")

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from bench import __version__
@@ -175,10 +174,13 @@ def param_formulas(rs: ResultSet, name: str, order: list[str]) -> tuple[dict[str
     return out, notes
 
 
-def render_all(plan: Plan, results: Path, out_dir: Path, log=print) -> Path:
+def render_all(plan: Plan, results: Path, out_dir: Path, log=print, known=None) -> Path:
+    """Render every output; ``known`` (from bench.experiments.execute) avoids reading cells twice."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rs = ResultSet.load(plan, results)
+    rs = ResultSet.load(plan, results, known)
+    n_done = sum(1 for st in rs.states.values() if st == "done")
+    log(f"{n_done} of {len(rs.states)} planned cells are stored")
     reports = []
     for name in plan.outputs:
         rep = render_output(rs, name, out_dir)

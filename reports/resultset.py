@@ -7,7 +7,6 @@ can say exactly which cells it lacks instead of silently averaging what happens 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.errors import IntegrityError
 from bench.experiments import Plan
 from bench.metrics import cell_metrics
-from bench.store import ResultsStore
 
 
 def budget_text(v) -> str:
@@ -37,30 +34,14 @@ class ResultSet:
     _by_cell: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, plan: Plan, results: Path) -> "ResultSet":
-        store = ResultsStore(results)
-        frames, metas, states, errors = [], {}, {}, {}
-        for key in plan.keys:
-            path = store.cell_path(key)
-            if path.exists():
-                try:
-                    rows, meta = store.read_cell(path)
-                except IntegrityError as e:
-                    states[key], errors[key] = "corrupt", e.message
-                    continue
-                frames.append(rows)
-                metas[key] = meta
-                states[key] = "done"
-            elif store.failure_path(key).exists():
-                states[key] = "failed"
-                try:
-                    errors[key] = json.loads(store.failure_path(key).read_text()).get("error", "failed")
-                except (OSError, json.JSONDecodeError):
-                    errors[key] = "failed (unreadable failure record)"
-            else:
-                states[key] = "missing"
+    def load(cls, plan: Plan, results: Path, known=None) -> "ResultSet":
+        """Read the planned cells (verified); cells already read into ``known`` are not read again."""
+        from bench.experiments import read_cells
+
+        stored = read_cells(plan.keys, results, known)
+        frames = [stored.rows[k] for k in plan.keys if k in stored.rows]
         rows = pd.concat(frames, ignore_index=True) if frames else None
-        return cls.from_frames(plan, rows, metas, states, errors, results)
+        return cls.from_frames(plan, rows, stored.metas, stored.states, stored.errors, results)
 
     @classmethod
     def from_frames(cls, plan: Plan, rows: pd.DataFrame | None, metas: dict[str, dict[str, Any]],

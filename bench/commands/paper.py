@@ -40,7 +40,7 @@ def run(args) -> int:
 
     from bench.cli import _console
     from bench.errors import BenchError
-    from bench.experiments import build_plan, cell_states, execute, load_experiment
+    from bench.experiments import build_plan, execute, load_experiment
     from bench.reports.paper import render_all
 
     console = _console()
@@ -66,6 +66,7 @@ def run(args) -> int:
         return 0
 
     failed = 0
+    known = None
     if not args.render_only:
         from bench.store import ResultsStore
 
@@ -84,12 +85,9 @@ def run(args) -> int:
             say(f"interrupted: finished cells are kept in {results}; rerun the same command to continue")
             return 130
         failed = len(summary["failed"]) + sum(len(a["failed"]) for a in summary["analyses"])
+        known = summary["stored"]
         say(f"{summary['ran']} cells computed in {summary['jobs']} jobs" + (f", {failed} failed" if failed else ""))
-    else:
-        states = cell_states(plan, results)
-        n_done = sum(1 for s in states.values() if s == "done")
-        say(f"render only: {n_done} of {len(states)} planned cells are stored")
     t1 = time.perf_counter()
-    index = render_all(plan, results, out, log=say)
+    index = render_all(plan, results, out, log=say, known=known)
     say(f"rendered in {time.perf_counter() - t1:.1f} s → {index}")
     return 1 if failed else 0
