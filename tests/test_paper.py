@@ -16,6 +16,9 @@ import yaml
 
 from bench import registry
 
+# One toy `bench paper` run (~20 s) is shared by this module's tests: an integration test.
+pytestmark = pytest.mark.slow
+
 HERE = Path(__file__).parent
 TOY = HERE / "data" / "paper-toy.yaml"
 TOYS = {"toy-mrm": "ToyMRM", "toy-mrm-no-rpo": "ToyMRMNoRPO", "toy-mrm-no-adapt": "ToyMRMNoAdapt", "toy-nohook": "NoHook"}
