@@ -242,7 +242,7 @@ def build_plan(
     jobs: dict[tuple, Job] = {}
     analyses: list[AnalysisJob] = []
     features: dict[str, str] = {}
-    method_notes: set[str] = set()
+    method_notes: dict[str, None] = {}  # methods not installed, in the order met
     absent: dict[str, list[str]] = {}
 
     def skip(output: str, why: str) -> None:
@@ -252,12 +252,9 @@ def build_plan(
 
     def usable(output: str, method: str, ds) -> bool:
         if method not in installed:
-            msg = f"method '{method}' is not installed"
             if method not in absent.setdefault(output, []):
                 absent[output].append(method)
-            if method not in method_notes:
-                notes.append(f"{msg}; outputs that need it show it as missing (install it, then rerun `bench paper`)")
-                method_notes.add(method)
+            method_notes.setdefault(method, None)
             return False
         cls = load_method(method)
         why = check_capabilities(cls, ds)
@@ -370,6 +367,8 @@ def build_plan(
                     continue
                 analyses.append(AnalysisJob(name, spec, s.id, method, ov, seeds, s.shots, s.unseen_shots,
                                             [g.cells[0].key for g in groups]))
+    if method_notes:
+        notes.insert(0, f"not installed, so not run (install them, then rerun `bench paper`): {', '.join(method_notes)}")
     return Plan(cfg, list(datasets), roles, settings, assignments, list(jobs.values()), analyses, notes, skipped,
                 base_repeats, features, chosen, absent)
 
