@@ -102,6 +102,8 @@ class PairedComparison:
             "diff": t.mean,
             "boot_ci_low": bs.ci_low if bs else np.nan,
             "boot_ci_high": bs.ci_high if bs else np.nan,
+            "nb_ci_low": t.ci_low,
+            "nb_ci_high": t.ci_high,
             "t": t.statistic,
             "df": t.df,
             "p_nb": t.pvalue,

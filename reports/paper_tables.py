@@ -350,7 +350,7 @@ def tests_frame(grid: Grid) -> pd.DataFrame:
     f["a"] = [grid.rows[i] for i in f["row_a"]]
     f["b"] = [grid.rows[k] for k in f["row_b"]]
     cols = ["column", "group", "setting", "metric", "a", "b", "n_splits", "mean_a", "mean_b", "diff", "boot_ci_low", "boot_ci_high",
-            "t", "df", "nb_factor", "n_unit", "n_train", "n_test", "p_nb", "p_nb_holm", "significant",
+            "nb_ci_low", "nb_ci_high", "t", "df", "nb_factor", "n_unit", "n_train", "n_test", "p_nb", "p_nb_holm", "significant",
             "wilcoxon_stat", "p_wilcoxon", "wilcoxon_method"]
     return f[cols]
 

@@ -117,16 +117,18 @@ def run(args) -> int:
     adj = holm([c.ttest.pvalue for c in comps])
     c0 = comps[0]
     t = Table(title=f"{va} vs {vb} — {setting}: accuracy (%) over {c0.n_splits} paired splits")
-    for col in ("metric", va, vb, "A − B", f"{round(args.confidence * 100)}% CI (bootstrap)", "t (corrected)", "p",
-                "p (Holm)", "Wilcoxon p"):
+    pct = round(args.confidence * 100)
+    for col in ("metric", va, vb, "A − B", f"{pct}% CI (bootstrap)", f"{pct}% CI (corrected t)", "t (corrected)",
+                "p", "p (Holm)", "Wilcoxon p"):
         t.add_column(col, justify="left" if col == "metric" else "right")
     for c, p in zip(comps, adj):
         bs = c.bootstrap
         ci = f"[{bs.ci_low * 100:+.2f}, {bs.ci_high * 100:+.2f}]" if bs is not None else "–"
         sig = " *" if p < args.alpha else ""
+        tci = f"[{c.ttest.ci_low * 100:+.2f}, {c.ttest.ci_high * 100:+.2f}]"
         t.add_row(metric_label(c.metric), f"{c.a_values.mean() * 100:.2f}", f"{c.b_values.mean() * 100:.2f}",
-                  f"{c.ttest.mean * 100:+.2f}", ci, f"{c.ttest.statistic:.2f}", f"{c.ttest.pvalue:.3g}", f"{p:.3g}{sig}",
-                  f"{c.wilcoxon.pvalue:.3g}")
+                  f"{c.ttest.mean * 100:+.2f}", ci, tci, f"{c.ttest.statistic:.2f}", f"{c.ttest.pvalue:.3g}",
+                  f"{p:.3g}{sig}", f"{c.wilcoxon.pvalue:.3g}")
     console.print(t)
     tt = c0.ttest
     say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
@@ -135,7 +137,9 @@ def run(args) -> int:
     say(f"Holm over the {len(comps)} metrics shown (* : p_Holm < {args.alpha:g}). Wilcoxon signed-rank, Pratt zeros "
         f"({c0.wilcoxon.method}; smallest attainable p with {c0.n_splits} splits: {c0.wilcoxon.min_pvalue:.2g}).")
     if args.boot:
-        say(f"Bootstrap: {args.boot} replicates, users resampled within each split (seen/unseen strata kept), paired.")
+        say(f"Bootstrap: {args.boot} replicates, users resampled within each split (seen/unseen strata kept), paired; "
+            "it reflects which users were sampled, not which users a split made seen — the corrected-t interval "
+            "covers that too and is usually the wider one.")
     if c0.n_splits < 10:
         say(f"warning: only {c0.n_splits} paired splits; the protocol asks for at least 10 for paired tests")
     if c0.only_a or c0.only_b:
