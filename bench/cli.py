@@ -20,7 +20,7 @@ DEFAULT_RESULTS = "results"
 
 # Further verbs live in their own modules (bench/commands/<verb>.py), each exposing
 # ``add_parser(subparsers)`` and ``run(args) -> int``; list them here.
-EXTRA_VERBS: list[str] = ["bench.commands.embed"]
+EXTRA_VERBS: list[str] = ["bench.commands.embed", "bench.commands.compare", "bench.commands.paper"]
 
 
 def _console(stderr: bool = False):

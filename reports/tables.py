@@ -167,9 +167,10 @@ def to_latex(table: Table, caption: str | None = None, label: str = "tab:main", 
     data = pd.DataFrame(
         [[table.cell_text(r, s, p).replace("±", r"$\pm$") for s in table.settings for p in POPS] for r in table.rows],
         index=[_latex_escape(r) for r in table.rows],
-        columns=pd.MultiIndex.from_tuples([(_latex_escape(s), POP_LABEL[p]) for s in table.settings for p in POPS]),
+        # "Method" heads the row labels on the second header line (an index name would add a row)
+        columns=pd.MultiIndex.from_tuples([(_latex_escape(s), POP_LABEL[p]) for s in table.settings for p in POPS],
+                                          names=[None, "Method"]),
     )
-    data.index.name = "Method"
     styler = data.style
     for j, (s, p) in enumerate((s, p) for s in table.settings for p in POPS):
         ranks = table.ranks(s, p)
