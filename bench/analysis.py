@@ -53,13 +53,13 @@ def evaluate_split(method, support, queries, a_is_chosen, seen: np.ndarray) -> d
 def per_epoch_trajectory(cls, params: dict[str, Any], ds, split, shots, unseen_shots, device: str = "cpu",
                          threads: int | None = None) -> pd.DataFrame:
     """Fit once with the per-epoch hook; one record per epoch plus the final (honest) evaluation."""
-    from bench.runner import make_context, pair_view, query_view, test_mask
+    from bench.runner import make_context, pair_view, query_view, held_out_mask
 
     ctx = make_context(ds, split.seed, device, threads)
     method = cls(**params)
     seen_train = pair_view(ds, split, split.budget_mask(shots, 0) & split.seen[split.user_index])
     support = pair_view(ds, split, split.budget_mask(shots, unseen_shots))
-    queries, a_is_chosen = query_view(ds, split, test_mask(ds, split, None), with_truth="oracle" in cls.requires)
+    queries, a_is_chosen = query_view(ds, split, held_out_mask(ds, split, None), with_truth="oracle" in cls.requires)
     records: list[dict[str, Any]] = []
 
     def on_epoch(epoch: int, model) -> None:
