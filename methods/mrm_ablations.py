@@ -316,6 +316,10 @@ class MRMNoBasis(_Ablation):
                 if self.inner_optimizer == "sgd":
                     new.append(p - lr * g)
                     continue
+                if steps == 1:
+                    # a single step from a fresh Adam is lr·g/(|g| + ε) (bias corrections cancel)
+                    new.append(p - lr * g / (g.abs() + adam_eps(1, eps_hat)))
+                    continue
                 if state[i] is None:
                     m1, v = (1 - b1) * g, (1 - b2) * g * g
                 else:
@@ -448,6 +452,16 @@ class MRMNoBasis(_Ablation):
         return self
 
     def score(self, queries: Queries) -> np.ndarray:
+        import torch
+
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._score(queries)
+        finally:
+            torch.set_num_threads(old)
+
+    def _score(self, queries: Queries) -> np.ndarray:
         import torch
 
         f = self.ctx_.features
