@@ -33,18 +33,34 @@ def setting_label(dataset: str, shots, unseen_shots, test_fraction=None) -> str:
 
 
 def variant_labels(rows: pd.DataFrame) -> pd.Series:
-    """``method`` or, where one method ran with several parameter sets, ``method[k=v,…]``."""
+    """A row label per result row: the method name, qualified only where it is ambiguous.
+
+    Within one setting (dataset, budgets, test fraction), a method run with several parameter
+    sets gets ``method[k=v,…]`` (the keys that differ) and one run on several feature models gets
+    ``method (model)``. Parameters that differ only *between* settings (e.g. MRM's per-family
+    learning rates) do not split a method into several rows.
+    """
     labels = rows["method"].astype(str).copy()
-    for m, g in rows.groupby("method"):
+    setting = pd.Series(
+        [setting_label(d, s, u, t) for d, s, u, t in zip(rows["dataset"], rows["shots"], rows["unseen_shots"], rows["test_fraction"])],
+        index=rows.index,
+    )
+    feats = rows["features"].astype(str) if "features" in rows.columns else pd.Series("", index=rows.index)
+    for (m, _st), g in rows.groupby([rows["method"], setting], sort=False):
         variants = g["params"].unique()
-        if len(variants) <= 1:
+        models = feats[g.index].unique()
+        if len(variants) <= 1 and len(models) <= 1:
             continue
         dicts = {p: json.loads(p) for p in variants}
         keys = sorted({k for d in dicts.values() for k in d})
         differing = [k for k in keys if len({json.dumps(d.get(k), sort_keys=True) for d in dicts.values()}) > 1]
-        for p, d in dicts.items():
-            desc = ",".join(f"{k}={d.get(k)}" for k in differing)
-            labels[(rows["method"] == m) & (rows["params"] == p)] = f"{m}[{desc}]"
+        for idx, p, f in zip(g.index, g["params"], feats[g.index]):
+            label = m
+            if differing:
+                label += "[" + ",".join(f"{k}={dicts[p].get(k)}" for k in differing) + "]"
+            if len(models) > 1:
+                label += f" ({f.rstrip('/').split('/')[-1]})"
+            labels[idx] = label
     return labels
 
 

@@ -187,7 +187,7 @@ def test_compare_prints_difference_ci_and_tests(toy_paper):
         code, out = _main("compare", "toy-mrm", "bt", "--dataset", "synthetic-reddit", "--results", results)
         assert code == 2 and "several settings" in out and "--unseen-shots" in out
         code, out = _main("compare", "toy-mrm", "bt", "--dataset", "synthetic-prism", "--results", results)
-        assert code == 2 and "several parameter sets" in out
+        assert code == 2 and "several settings" in out
         code, out = _main("compare", "toy-mrn", "bt", "--dataset", "synthetic-reddit", "--results", results)
         assert code == 2 and "Did you mean 'toy-mrm'" in out
         code, out = _main("compare", "toy-mrm", "bt", "--dataset", "synthetic-reddit", "--unseen-shots", "10",

@@ -48,6 +48,15 @@ def select(rows, a: str, b: str, dataset: str, shots=None, unseen_shots=None, fe
         if features not in set(rows["features"]):
             raise did_you_mean(features, sorted(set(rows["features"])), "feature model")
         rows = rows[rows["features"] == features]
+    none = lambda v: v is None or (isinstance(v, float) and np.isnan(v)) or v is __import__("pandas").NA  # noqa: E731
+    rows["setting"] = [setting_label(dataset, s, u, t) for s, u, t in zip(rows["shots"], rows["unseen_shots"], rows["test_fraction"])]
+    if shots is not None:
+        want = _budget_of(shots)
+        rows = rows[[(none(s) and want is None) or (not none(s) and int(s) == want) for s in rows["shots"]]]
+    if unseen_shots is not None:
+        want = _budget_of(unseen_shots)
+        rows = rows[[(none(s) and want is None) or (not none(s) and int(s) == want) for s in rows["unseen_shots"]]]
+    # Labels are per setting: parameters that differ only between settings do not split a method.
     rows["variant"] = variant_labels(rows)
     if rows.groupby("variant")["features"].nunique().max() > 1:
         multi = sorted(set(rows["features"]))
@@ -69,14 +78,6 @@ def select(rows, a: str, b: str, dataset: str, shots=None, unseen_shots=None, fe
     va, vb = pick(a), pick(b)
     if va == vb:
         raise BenchError("A and B are the same rows", hint="compare two different methods or parameter sets")
-    none = lambda v: v is None or (isinstance(v, float) and np.isnan(v)) or v is __import__("pandas").NA  # noqa: E731
-    rows["setting"] = [setting_label(dataset, s, u, t) for s, u, t in zip(rows["shots"], rows["unseen_shots"], rows["test_fraction"])]
-    if shots is not None:
-        want = _budget_of(shots)
-        rows = rows[[(none(s) and want is None) or (not none(s) and int(s) == want) for s in rows["shots"]]]
-    if unseen_shots is not None:
-        want = _budget_of(unseen_shots)
-        rows = rows[[(none(s) and want is None) or (not none(s) and int(s) == want) for s in rows["unseen_shots"]]]
     both = sorted(set(rows.loc[rows["variant"] == va, "setting"]) & set(rows.loc[rows["variant"] == vb, "setting"]))
     if not both:
         raise BenchError(f"{va} and {vb} share no setting on {dataset}" + (" with those budgets" if shots or unseen_shots else ""),
