@@ -274,11 +274,17 @@ def test_vllm_backend_maps_requests_and_skips_prompts_too_long(monkeypatch):
 
 
 def test_vllm_backend_without_vllm_names_the_fix(monkeypatch):
+    import importlib.util
+
     from bench.llm.vllm_backend import VLLMBackend
 
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(BenchError, match="needs the 'vllm' package"):
         VLLMBackend("m")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(BenchError, match="needs the 'vllm' package"):
+        make_engine("vllm", "m", cache=False)  # lazy, yet it fails at once
 
 
 @pytest.mark.gpu

@@ -90,3 +90,18 @@ def test_minilm_features_from_the_offline_wheel():
     _CACHE.clear()
     again = load_dataset("text-prefs:users=4,pairs=3")
     np.testing.assert_array_equal(again.features.take(np.arange(8)), ds.features.take(np.arange(8)))
+
+
+def test_dataset_defaults_for_splits_and_method_settings():
+    from bench.cli import default_repeats
+    from bench.config import resolve_params
+    from bench.methods.synthesizeme import SynthesizeMe
+
+    assert default_repeats("text-prefs") == 1 and default_repeats("text-prefs:users=20") == 1
+    assert default_repeats("synthetic-prism") == 20
+    # the method config's datasets block applies to that dataset only
+    on_text = resolve_params(SynthesizeMe, "generic", {}, dataset="text-prefs")
+    elsewhere = resolve_params(SynthesizeMe, "generic", {}, dataset="my-data")
+    assert on_text["backend"] == "transformers" and on_text["model"] == "smollm2-135m-instruct"
+    assert elsewhere["backend"] == "vllm" and elsewhere["model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert resolve_params(SynthesizeMe, "generic", {"max_tokens": 9}, dataset="text-prefs")["max_tokens"] == 9

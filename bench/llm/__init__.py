@@ -104,6 +104,16 @@ def make_backend(backend: str, model: str, device: str = "cpu", threads: int | N
         if options:
             raise BenchError(f"the scripted backend takes no options, got {sorted(options)}")
         return named_script(model)
+    if backend in ("vllm", "transformers"):
+        import importlib.util
+
+        package = "vllm" if backend == "vllm" else "transformers"
+        if importlib.util.find_spec(package) is None:  # fail at once, not at the first cache miss
+            extra = "vllm" if backend == "vllm" else "text"
+            raise BenchError(
+                f"the {backend} backend needs the '{package}' package",
+                hint=f"pip install 'bench-prm[{extra}]'" + (", on a machine with a CUDA GPU; or use backend=openai with a server, or backend=transformers" if backend == "vllm" else ""),
+            )
     if backend == "vllm":
         from bench.llm.vllm_backend import VLLMBackend
 
