@@ -490,3 +490,22 @@ def test_smoke_with_the_real_tiny_model(tmp_path):
     assert (rows["llm_calls"] > 0).all() and (rows["llm_completion_tokens"] > 0).all()
     assert rows["persona"].str.len().gt(0).all()
     assert method.extra_meta()["engine"]["model_id"] == "transformers:SmolLM2-135M-Instruct.Q4_1.gguf:float32"
+
+
+def test_paper_faithful_variant_runs_end_to_end(script):
+    ds = load_dataset(DS)
+
+    def right(a, b, m, p):
+        return "Reasoning: fine\nPreference: " + ("First" if a < b else "Second")
+
+    method = script(_pair_respond(right))
+    method.variant = "paper-faithful"
+    r = run_single(method, ds, seed=0)
+    rows = pd.DataFrame(method.extra_rows())
+    verified = rows["n_verified"] > 0
+    assert np.isfinite(r.margin).all()
+    # a user with verified persona-judge traces always gets demos in the final prompt
+    for st, n in zip(method.states_, rows["n_demos"]):
+        if any(t is not None for t in st.traces_b):
+            assert n == min(method.k_demos, sum(t is not None for t in st.traces_b))
+    assert verified.any()
