@@ -36,7 +36,21 @@ def _term_width() -> int:
         return 160
 
 
-def parse_seeds(repeats: int | None, seeds: str | None) -> list[int]:
+def default_repeats(spec: str) -> int:
+    """Splits when neither --repeats nor --seeds is given: the dataset config's ``repeats`` (a
+    small offline benchmark may ask for fewer than the paper's 20), else 20."""
+    from bench.config import dataset_config
+    from bench.datasets import is_path_spec, parse_spec
+
+    if is_path_spec(spec):
+        return 20
+    try:
+        return int(dataset_config(parse_spec(spec)[0]).get("repeats", 20))
+    except (BenchError, TypeError, ValueError):
+        return 20
+
+
+def parse_seeds(repeats: int | None, seeds: str | None, default: int = 20) -> list[int]:
     if seeds:
         out: list[int] = []
         for part in seeds.split(","):
@@ -54,7 +68,7 @@ def parse_seeds(repeats: int | None, seeds: str | None) -> list[int]:
         if not out or min(out) < 0:
             raise BenchError(f"--seeds '{seeds}' must list non-negative integers")
         return sorted(set(out))
-    n = 20 if repeats is None else repeats
+    n = default if repeats is None else repeats
     if n < 1:
         raise BenchError(f"--repeats must be ≥ 1, got {n}")
     return list(range(n))
@@ -87,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="max support pairs per unseen user: M, 'all', or a list like 5,10,50 (a few-shot curve)",
     )
-    r.add_argument("--repeats", type=_positive_int, default=None, help="number of splits, seeds 0..N-1 (default 20)")
+    r.add_argument("--repeats", type=_positive_int, default=None, help="number of splits, seeds 0..N-1 (default 20, or the dataset's `repeats`)")
     r.add_argument("--seeds", default=None, help="explicit split seeds, e.g. 0-4,10 (overrides --repeats)")
     r.add_argument("--seen-ratio", type=float, default=0.5, help="fraction of users that are seen (default 0.5)")
     r.add_argument("--param", action="append", default=[], metavar="[METHOD.]KEY=VALUE", help="override a method parameter")
@@ -170,7 +184,7 @@ def cmd_run(args) -> int:
     cfg = RunConfig(
         methods=methods,
         dataset=args.dataset,
-        seeds=parse_seeds(args.repeats, args.seeds),
+        seeds=parse_seeds(args.repeats, args.seeds, default_repeats(args.dataset)),
         results=Path(args.results),
         shots=shots,
         unseen_shots=unseen,

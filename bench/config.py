@@ -71,12 +71,18 @@ def parse_overrides(items: list[str] | None, methods: list[str]) -> tuple[dict[s
     return per_method, global_
 
 
-def resolve_params(cls, family: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Class defaults < configs/methods/<name>.yaml default < family block < overrides."""
+def resolve_params(cls, family: str, overrides: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
+    """Class defaults < configs/methods/<name>.yaml default < family block < dataset block < overrides.
+
+    A ``datasets: {<name>: …}`` block sets what one dataset needs beyond its family (e.g. a small
+    CPU model on the offline text benchmark).
+    """
     params = dict(cls.default_params())
     cfg = method_config(cls.name)
     params.update(cfg.get("default", {}) or {})
     params.update((cfg.get("families", {}) or {}).get(family, {}) or {})
+    if dataset is not None:
+        params.update((cfg.get("datasets", {}) or {}).get(dataset, {}) or {})
     valid = set(cls.param_names())
     unknown = sorted(set(params) - valid)
     if unknown:

@@ -149,7 +149,7 @@ def plan(cfg: RunConfig, ds: Dataset, summary: RunSummary) -> list[FitGroup]:
         for k, v in cfg.global_params.items():
             if k in cls.param_names():
                 overrides.setdefault(k, v)
-        params = resolve_params(cls, ds.family, overrides)
+        params = resolve_params(cls, ds.family, overrides, dataset=ds.name)
         source = cls.source_hash()
         for seed in cfg.seeds:
             cells = []
