@@ -14,7 +14,8 @@ and prints one JSON line per split with the time of each stage, then one line wi
   the feature array: what the method materialised, against the project's bound of 2×.
 
 The parent prints every line and a summary: median seconds per split and the projection to 20
-splits (the paper's protocol). Datasets come from ``BENCH_CACHE`` (generated on first use).
+splits (the paper's protocol). ``cpu_s`` is the child's CPU time for the split (all threads):
+less sensitive than wall time to other jobs on a shared machine. Datasets come from ``BENCH_CACHE`` (generated on first use).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def child(method: str, scale: str, seeds: list[int], params: dict) -> None:
         split = make_split(ds, seed)
         ctx = make_context(ds, seed)
         m = cls(**kw)
+        c0 = time.process_time()
         t0 = time.perf_counter()
         m.fit(pair_view(ds, split, split.budget_mask(shots, 0) & split.seen[split.user_index]), ctx)
         t1 = time.perf_counter()
@@ -93,11 +95,12 @@ def child(method: str, scale: str, seeds: list[int], params: dict) -> None:
         q, a_is_chosen = query_view(ds, split, ~split.train, with_truth="oracle" in cls.requires)
         margin = np.asarray(m.score(q), dtype=np.float64)
         t3 = time.perf_counter()
+        cpu = time.process_time() - c0
         acc = float(np.mean((margin > 0) == a_is_chosen)) if margin.ndim == 1 else None
         print(json.dumps({
             "method": method, "scale": scale, "dataset": ds.name, "seed": seed, "shots": shots, "unseen_shots": unseen[0],
             "fit_s": round(t1 - t0, 2), "adapt_s": round(t2 - t1, 2), "score_s": round(t3 - t2, 2),
-            "split_s": round(t3 - t0, 2), "n_queries": len(q), "pair_accuracy": acc,
+            "split_s": round(t3 - t0, 2), "cpu_s": round(cpu, 2), "n_queries": len(q), "pair_accuracy": acc,
         }), flush=True)
         del m
     sampler.stop.set()
@@ -161,7 +164,7 @@ def main() -> None:
             rows.append({"method": method, "scale": scale, "process_s": round(time.perf_counter() - t0, 1)})
 
     print(f"\nsummary (cpus={os.cpu_count()}, load average at end {os.getloadavg()[0]:.1f}; a shared machine is noisy)")
-    print(f"{'method':<10} {'scale':<10} {'median s/split':>15} {'fit':>7} {'adapt':>7} {'score':>7} {'20 splits (min)':>16} {'peak RSS GiB':>13} {'anon/features':>14}")
+    print(f"{'method':<10} {'scale':<10} {'median s/split':>15} {'fit':>7} {'adapt':>7} {'score':>7} {'cpu s':>7} {'20 splits (min)':>16} {'peak RSS GiB':>13} {'anon/features':>14}")
     for scale in args.scales.split(","):
         for method in args.methods.split(","):
             splits = [r for r in rows if r.get("method") == method and r.get("scale") == scale and "split_s" in r]
@@ -169,9 +172,9 @@ def main() -> None:
             if not splits:
                 continue
             med = statistics.median(r["split_s"] for r in splits)
-            part = {k: statistics.median(r[k] for r in splits) for k in ("fit_s", "adapt_s", "score_s")}
+            part = {k: statistics.median(r[k] for r in splits) for k in ("fit_s", "adapt_s", "score_s", "cpu_s")}
             print(
-                f"{method:<10} {scale:<10} {med:>15.1f} {part['fit_s']:>7.1f} {part['adapt_s']:>7.1f} {part['score_s']:>7.1f} "
+                f"{method:<10} {scale:<10} {med:>15.1f} {part['fit_s']:>7.1f} {part['adapt_s']:>7.1f} {part['score_s']:>7.1f} {part['cpu_s']:>7.1f} "
                 f"{20 * med / 60:>16.1f} {mem.get('peak_rss_gib', float('nan')):>13.2f} {mem.get('anon_over_features', float('nan')):>14}"
             )
 

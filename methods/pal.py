@@ -163,10 +163,50 @@ class _PALBase(Method):
 
         return torch.clamp(self.scale_.exp(), max=SCALE_MAX)
 
-    def _tail(self, h):
-        """The projector after its first linear layer."""
-        f = self.f_
+    def _tail(self, h, mlp=None):
+        """A projector (default f) after its first linear layer."""
+        f = self.f_ if mlp is None else mlp
         return f[4](f[3](f[2](f[1](h))))
+
+    def _first(self, lin, a, p_rows: slice | None = None):
+        """``lin(a)`` for a D-wide first layer; while training, with a hand-written backward.
+
+        Autograd would allocate a fresh D × w weight gradient per use and step (and, for the
+        prototypes' rows, a gradient for every input row); here the output is a leaf whose
+        gradient ``_first_backward`` turns into the layer's (and P's) gradients, written into
+        buffers kept across steps. Same numbers as autograd up to float rounding (tested).
+        """
+        import torch
+
+        if not (torch.is_grad_enabled() and lin.weight.requires_grad):
+            return lin(a)
+        h = torch.addmm(lin.bias.detach(), a, lin.weight.detach().t()).requires_grad_(True)
+        self._pending.append((lin, a, h, p_rows))
+        return h
+
+    def _first_backward(self) -> None:
+        import torch
+
+        bufs = self.__dict__.setdefault("_grad_bufs", {})
+        seen = set()
+        for lin, a, h, p_rows in self._pending:
+            key = id(lin)
+            if key not in bufs:
+                bufs[key] = (torch.zeros_like(lin.weight), torch.zeros_like(lin.bias))
+            gw, gb = bufs[key]
+            if key in seen:
+                gw.addmm_(h.grad.t(), a)
+                gb += h.grad.sum(0)
+            else:
+                torch.mm(h.grad.t(), a, out=gw)
+                torch.sum(h.grad, 0, out=gb)
+                seen.add(key)
+            lin.weight.grad, lin.bias.grad = gw, gb
+            if p_rows is not None:
+                gp = bufs.setdefault("P", torch.zeros_like(self.P_))
+                torch.mm(h.grad[p_rows], lin.weight.detach(), out=gp)
+                self.P_.grad = gp
+        self._pending.clear()
 
     def _user_points(self, s, h_p):
         """PAL-A ideal points f(s · P) for simplex weights s (n × K), given h_p = L1(P) (K × w).
@@ -320,16 +360,18 @@ class _PALBase(Method):
 
         f, W = self.f_, self.W_
         n = len(data["user"])
+        self._pending = []
         for epoch in range(self.epochs):
             perm = rng.permutation(n)
             f.train()
             total = 0.0
             for start in range(0, n, self.batch_size):
                 b = perm[start : start + self.batch_size]
-                loss = self._batch_loss(data, b).mean()
                 opt.zero_grad(set_to_none=True)
                 W.grad = None
+                loss = self._batch_loss(data, b).mean()
                 loss.backward()
+                self._first_backward()
                 users = torch.from_numpy(np.unique(data["user"][b]))
                 w_opt.step(users, W.grad[users])
                 opt.step()
@@ -343,6 +385,11 @@ class _PALBase(Method):
 
     def _finish_fit(self, train: UserPairs, local: np.ndarray, seen_idx: np.ndarray, n_seen: int) -> "_PALBase":
         import torch
+
+        self._pending = []
+        self.__dict__.pop("_grad_bufs", None)
+        for t in self._shared_tensors() + [self.W_]:
+            t.grad = None
 
         for p in self._shared_tensors():
             p.requires_grad_(False)
@@ -378,13 +425,14 @@ class _PALBase(Method):
         nb = len(b)
         x = torch.cat([data["x"][data["ic"][bt]], data["x"][data["ir"][bt]]])
         if self.variant == "a":
-            # items and prototypes through the first layer together: one product, one weight
-            # gradient (two uses of the layer would make autograd add two D × w gradients)
-            h = self.f_[0](torch.cat([x, self.P_]))
+            # items and prototypes through the first layer together: one product, one weight gradient
+            h = self._first(self.f_[0], torch.cat([x, self.P_.detach()]), p_rows=slice(2 * nb, None))
             fx, side = self._tail(h[: 2 * nb]), h[2 * nb :]
         else:
-            fx = self._embed_items(x)
-            side = self._embed_prompts(data["q"][data["iq"][bt]])
+            fx = self._tail(self._first(self.f_[0], x))
+            fx = fx / fx.norm(dim=-1, keepdim=True)
+            q = data["q"][data["iq"][bt]]
+            side = torch.stack([self._tail(self._first(g[0], q), g) for g in self.gks_], dim=1)
         s = torch.softmax(self.W_[torch.from_numpy(data["user"][b])], dim=1)
         return self._pair_loss(self._pair_margin(fx[:nb], fx[nb:], s, side))
 

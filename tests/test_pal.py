@@ -171,3 +171,40 @@ def test_bad_parameters_are_named(params, words):
     ds, _ = planted_dataset(users=6, pairs_per_user=6, dim=4)
     with pytest.raises(BenchError, match=words):
         run_single(PAL(**{**TINY, **params}), ds, seed=0)
+
+
+def test_hand_written_first_layer_gradients_equal_autograd():
+    ds, _ = planted_dataset(users=8, pairs_per_user=8, dim=6)
+    m = run_single(PAL(**TINY, loss="logistic"), ds, seed=0).method
+    for t in m._shared_tensors() + [m.W_]:
+        t.requires_grad_(True)
+    split = make_split(ds, 0)
+    train = pair_view(ds, split, split.budget_mask(None, 0) & split.seen[split.user_index])
+    local = np.cumsum(split.seen) - 1
+    data = m._pair_tensors(train, local)
+    b = np.arange(4)
+    params = [m.f_[0].weight, m.f_[0].bias, m.f_[2].weight, m.P_, m.W_, m.scale_]
+
+    def grads():
+        out = [None if p.grad is None else p.grad.clone() for p in params]
+        for p in params:
+            p.grad = None
+        return out
+
+    assert all(p.grad is None for p in params)  # fit leaves no gradients behind
+    m._pending = []
+    m._batch_loss(data, b).mean().backward()
+    m._first_backward()
+    fast = grads()
+    # reference: plain autograd through the same model
+    bt = torch.from_numpy(b)
+    x = torch.cat([data["x"][data["ic"][bt]], data["x"][data["ir"][bt]]])
+    h = m.f_[0](torch.cat([x, m.P_]))
+    fx = m._tail(h[:4 * 2])
+    s = torch.softmax(m.W_[torch.from_numpy(data["user"][b])], dim=1)
+    u = m._tail(s @ h[8:])
+    margin = (torch.linalg.norm(fx[4:] - u, dim=-1) - torch.linalg.norm(fx[:4] - u, dim=-1)) * m._scale_value()
+    torch.nn.functional.softplus(-margin).mean().backward()
+    ref = grads()
+    for a, r in zip(fast, ref):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-6)
