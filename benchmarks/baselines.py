@@ -72,7 +72,7 @@ class AnonPeak:
         self.peak = max(self.peak, self.now())
 
 
-def child(method: str, scale: str, repeats: int, dataset: str | None, params: dict) -> None:
+def child(method: str, scale: str, repeats: int, dataset: str | None, params: dict, threads: int | None) -> None:
     t_start = time.perf_counter()
     from bench.config import resolve_params
     from bench.datasets import load_dataset
@@ -84,7 +84,10 @@ def child(method: str, scale: str, repeats: int, dataset: str | None, params: di
     ds = load_dataset(dataset or sc["dataset"])
     cls = load_method(method)
     p = resolve_params(cls, ds.family, params)
-    import torch  # noqa: F401  (import cost belongs to start-up, not to the first split)
+    import torch  # import cost belongs to start-up, not to the first split
+
+    if threads:
+        torch.set_num_threads(threads)
 
     base_anon = AnonPeak.now()
     startup = time.perf_counter() - t_start
@@ -119,6 +122,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="split seeds to time (median reported)")
     ap.add_argument("--dataset", default=None, help="override the preset (e.g. a smaller spec for a dry run)")
     ap.add_argument("--param", action="append", default=[], help="method.key=value override (repeatable)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (as `bench run --threads`); default: torch's")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -133,13 +137,15 @@ def main() -> None:
         overrides.setdefault(meth, {})[k] = v
 
     if args.child:
-        child(args.child, args.scale, args.repeats, args.dataset, overrides.get(args.child, {}))
+        child(args.child, args.scale, args.repeats, args.dataset, overrides.get(args.child, {}), args.threads)
         return
 
     for method in args.methods.split(","):
         cmd = [sys.executable, __file__, "--child", method, "--scale", args.scale, "--repeats", str(args.repeats)]
         if args.dataset:
             cmd += ["--dataset", args.dataset]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
         for item in args.param:
             if item.startswith(method + "."):
                 cmd += ["--param", item]

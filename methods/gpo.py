@@ -32,7 +32,6 @@ from bench.methods._incontext import (
     rng_for,
     support_context,
     torch_seed_everything,
-    user_sorted,
 )
 
 
@@ -291,7 +290,7 @@ class GPO(Method):
 
         return self._predict(self.net_, self.context_, queries.user, queries.a, queries.b, rows_fn)
 
-    def _predict(self, net, cx: UserPairs, q_user_all, q_a, q_b, rows_fn, T: int = 1024, Q: int = 2048, with_std: bool = False):
+    def _predict(self, net, cx: UserPairs, q_user_all, q_a, q_b, rows_fn, T: int = 512, Q: int = 1024, with_std: bool = False):
         """Margins m(a) − m(b) of queries (user, a, b), each user's context being its pairs in ``cx``
         (and, with ``with_std``, the predicted standard deviations of a and b, shape (n, 2)).
 

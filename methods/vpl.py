@@ -23,6 +23,7 @@ from bench.methods._incontext import (
     RowCache,
     check_positive,
     check_range,
+    cosine_lr,
     feature_stats,
     group_codes,
     load_rows,
@@ -31,7 +32,6 @@ from bench.methods._incontext import (
     support_context,
     torch_seed_everything,
     user_sorted,
-    cosine_lr,
 )
 
 
@@ -60,7 +60,7 @@ class VPL(Method):
         epochs: int = 2,
         context_min: int = 2,
         context_max: int = 8,
-        context_cap: int = 8,
+        context_cap: int = 100,
         null_context_prob: float = 0.05,
         standardize: bool = True,
         bf16: bool = False,

