@@ -177,10 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             return handlers[args.verb](args)
         return args.handler(args)
     except BenchError as e:
+        from rich.markup import escape
+
         err = _console(stderr=True)
-        err.print(f"[bold red]error:[/bold red] {e.message}", markup=True)
-        if e.hint:
-            err.print(f"  [bold]fix:[/bold] {e.hint}", markup=True)
+        err.print(f"[bold red]error:[/bold red] {escape(e.message)}", markup=True)
+        if e.hint:  # escaped: a hint like pip install 'bench-prm[ray]' must print its brackets
+            err.print(f"  [bold]fix:[/bold] {escape(e.hint)}", markup=True)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -216,3 +216,30 @@ def test_a_run_waits_for_cells_another_run_holds_and_takes_over_dead_ones(tmp_pa
             holder.wait()
     assert s.ran == 2 and s.failed == []
     assert any("claimed by a run that stopped" in m for m in logs)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def test_cli_jobs_prints_the_table_of_the_sequential_run(cli, tmp_path):
+    args = ["run", "--methods", "bt,oracle", "--dataset", TINY_PRISM, "--repeats", "2", "--param", "bt.iterations=30"]
+    code, seq, err = cli(*args, "--results", tmp_path / "a", "--threads", "1")
+    assert code == 0, err
+    code, par, err = cli(*args, "--results", tmp_path / "b", "--jobs", "2")
+    assert code == 0, err
+    assert "2 local processes × " in par and "4 cells computed" in par
+    table = lambda out: out[out.index("Overall") - 200 :]  # noqa: E731 - the rendered table
+    assert table(seq).split("cells computed")[-1] == table(par).split("cells computed")[-1]
+
+
+def test_cli_execution_flags_are_checked(cli, tmp_path, monkeypatch):
+    base = ["run", "--methods", "oracle", "--dataset", TINY_PRISM, "--repeats", "1", "--results", tmp_path]
+    code, _, err = cli(*base, "--llm-replicas", "2")
+    assert code == 2 and "--llm-replicas needs --executor ray" in err
+    code, _, err = cli(*base, "--retries", "-1")
+    assert code == 2 and "--retries must be ≥ 0" in err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    code, _, err = cli(*base, "--ray-address", "auto")
+    assert code == 2 and "needs the 'ray' package" in err and "bench-prm[ray]" in err
+    with pytest.raises(SystemExit):
+        cli(*base, "--jobs", "0")
