@@ -243,3 +243,33 @@ def test_cli_execution_flags_are_checked(cli, tmp_path, monkeypatch):
     assert code == 2 and "needs the 'ray' package" in err and "bench-prm[ray]" in err
     with pytest.raises(SystemExit):
         cli(*base, "--jobs", "0")
+
+
+def test_resources_per_method():
+    from typing import ClassVar
+
+    from bench.api import Method
+    from bench.executors import unit_resources
+    from bench.registry import load_method
+
+    class CPU(Method):
+        requires = frozenset({"features"})
+
+    class GPU(Method):
+        requires = frozenset({"features", "gpu"})
+
+    class Big(Method):
+        resources: ClassVar[dict] = {"num_cpus": 8, "memory": 4e9}
+
+    assert unit_resources(CPU, "cpu", None) == {"num_cpus": 1.0}
+    assert unit_resources(CPU, "cpu", 3) == {"num_cpus": 3.0}
+    assert unit_resources(CPU, "cuda", None) == {"num_cpus": 1.0, "num_gpus": 1.0}
+    assert unit_resources(GPU, "cpu", None) == {"num_cpus": 1.0, "num_gpus": 1.0}
+    assert unit_resources(Big, "cpu", 2) == {"num_cpus": 8.0, "memory": 4e9}
+    sm = load_method("synthesizeme")
+    assert unit_resources(sm, "cpu", None, {"backend": "vllm"}, {}) == {"num_cpus": 1.0, "num_gpus": 1.0}
+    tp = {"backend": "vllm", "engine_options": {"tensor_parallel_size": 2}}
+    assert unit_resources(sm, "cpu", None, tp, {})["num_gpus"] == 2.0
+    # with engine replicas the engines (Ray actors) hold the GPUs, not the task
+    assert unit_resources(sm, "cpu", None, {"backend": "vllm"}, {"llm_replicas": 2}) == {"num_cpus": 1.0}
+    assert unit_resources(sm, "cpu", None, {"backend": "scripted"}, {}) == {"num_cpus": 1.0}
