@@ -292,7 +292,10 @@ class Executor:
     name = "local"
     jobs = 1
     threads: int | None = None
-    gpu_available: bool | None = None  # None: the driver's own CUDA check decides
+
+    def has_gpu(self) -> bool | None:
+        """Whether the workers can use a GPU; None: the driver's own CUDA check decides."""
+        return None
 
     def describe(self) -> str:
         return self.name
@@ -506,9 +509,16 @@ class RayExecutor(Executor):
         self.jobs = jobs or 0
         self.threads = threads
         self._started_here = False
+        self._ready = False
+
+    def has_gpu(self) -> bool:  # asked while planning GPU methods only
         self._init()
+        return self.gpus > 0
 
     def _init(self) -> None:
+        """Start or join Ray on first use: a run whose cells are all stored never starts it."""
+        if self._ready:
+            return
         ray = self.ray
         env = {k: os.environ[k] for k in ("BENCH_CACHE", "BENCH_CLAIM_STALE_S", "HF_HOME", "HF_HUB_OFFLINE") if k in os.environ}
         if not ray.is_initialized():
@@ -533,13 +543,18 @@ class RayExecutor(Executor):
         res = ray.cluster_resources()
         self.cpus = int(res.get("CPU", 0))
         self.gpus = int(res.get("GPU", 0))
-        self.gpu_available = self.gpus > 0
+        self._ready = True
 
     def describe(self) -> str:
         where = self.address or "local"
+        if not self._ready:
+            return f"Ray ({where})"
         return f"Ray ({where}: {self.cpus} CPUs, {self.gpus} GPUs)"
 
     def run(self, units, on_start=None):
+        if not units:
+            return
+        self._init()
         ray = self.ray
         remote = ray.remote(_ray_run_unit)
         refs: dict[Any, Unit] = {}
@@ -579,6 +594,8 @@ class RayExecutor(Executor):
 
     def close(self) -> None:
         ray = self.ray
+        if not self._ready:
+            return
         with contextlib.suppress(Exception):
             for name in ray.util.list_named_actors():
                 if str(name).startswith("bench-llm-"):
@@ -586,6 +603,7 @@ class RayExecutor(Executor):
         if self._started_here and ray.is_initialized():
             ray.shutdown()
             self._started_here = False
+        self._ready = False
 
 
 def make_executor(

@@ -121,14 +121,19 @@ def resolve_budgets(cfg: RunConfig, ds: Dataset) -> tuple[Budget, list[Budget]]:
     return shots, list(dict.fromkeys(unseen))
 
 
-def check_capabilities(cls: type[Method], ds: Dataset, gpu_available: bool | None = None) -> str | None:
+def check_capabilities(
+    cls: type[Method], ds: Dataset, gpu_available: bool | Callable[[], bool | None] | None = None
+) -> str | None:
     """Why the dataset cannot serve this method, or None. ``gpu_available`` None: this machine's CUDA
-    decides (an executor for a cluster passes whether the cluster has GPUs)."""
+    decides (an executor for a cluster passes whether the cluster has GPUs, possibly as a callable
+    asked only for GPU methods)."""
     missing = set(cls.requires) - set(ds.capabilities) - {"gpu", "llm"}
     if missing:
         return f"needs {', '.join(sorted(missing))}, which {ds.name} does not provide"
-    if "gpu" in cls.requires and not (_cuda_available() if gpu_available is None else gpu_available):
-        return "needs a CUDA GPU"
+    if "gpu" in cls.requires:
+        avail = gpu_available() if callable(gpu_available) else gpu_available
+        if not (_cuda_available() if avail is None else avail):
+            return "needs a CUDA GPU"
     return None
 
 
@@ -140,7 +145,9 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def plan(cfg: RunConfig, ds: Dataset, summary: RunSummary, gpu_available: bool | None = None) -> list[FitGroup]:
+def plan(
+    cfg: RunConfig, ds: Dataset, summary: RunSummary, gpu_available: bool | Callable[[], bool | None] | None = None
+) -> list[FitGroup]:
     shots, unseen_list = resolve_budgets(cfg, ds)
     groups: list[FitGroup] = []
     for name in cfg.methods:
@@ -356,7 +363,7 @@ def _prepare(cfg: RunConfig, ex: "Executor", summary: RunSummary, log: Callable[
     log(describe_dataset(ds))
     skipped_before = set(summary.skipped)
     local = RunSummary()
-    groups = plan(cfg, ds, local, gpu_available=ex.gpu_available)
+    groups = plan(cfg, ds, local, gpu_available=ex.has_gpu)
     summary.skipped.update(local.skipped)
     for name, why in local.skipped.items():
         if name not in skipped_before:
