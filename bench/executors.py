@@ -380,8 +380,8 @@ class ProcessExecutor(Executor):
         return f"{self.jobs} local processes × {self.threads} threads"
 
     def _gpu_env(self) -> dict[str, str]:
-        """With a CUDA device and several GPUs, worker i sees GPU i mod n only."""
-        if not str(self.device).startswith("cuda") or self.device != "cuda":
+        """With ``--device cuda`` and several GPUs, worker i sees GPU i mod n only (``cuda:k`` pins one)."""
+        if self.device != "cuda":
             return {}
         try:
             import torch
@@ -491,6 +491,12 @@ def require_ray():
     return ray
 
 
+def worker_env() -> dict[str, str]:
+    """Environment variables a Ray task needs from the driver (the caches, the claim timeout)."""
+    keys = ("BENCH_CACHE", "BENCH_CLAIM_STALE_S", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
 def _ray_run_unit(unit: Unit) -> UnitResult:  # pragma: no cover - runs in a Ray worker
     threads = unit.threads or max(1, int(unit.resources.get("num_cpus", 1)))
     pin_threads(threads)
@@ -520,7 +526,7 @@ class RayExecutor(Executor):
         if self._ready:
             return
         ray = self.ray
-        env = {k: os.environ[k] for k in ("BENCH_CACHE", "BENCH_CLAIM_STALE_S", "HF_HOME", "HF_HUB_OFFLINE") if k in os.environ}
+        env = worker_env()
         if not ray.is_initialized():
             kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "namespace": "bench"}
             if self.address:

@@ -496,11 +496,16 @@ def _drive(units, ex, summary: RunSummary, progress, log, n_todo: int, retries: 
 
 def _crashed(u: "Unit", res: "Crash", attempts: dict[str, int], retries: int, summary: RunSummary, log) -> list["Unit"]:
     """A worker died while computing ``u``: retry its unfinished cells, or mark them failed."""
+    from bench.claims import ClaimDir
+
     store = ResultsStore(u.results)
+    claims = ClaimDir(store.claims_dir)
     left = {k for k, _c, _b in u.cells if store.status(k).state != "done"}
     for k, _c, _b in u.cells:
         if k not in left:
             summary.ran += 1  # written before the worker died
+            if not claims.is_live(k) and claims.try_claim(k):  # drop the dead worker's claim on it
+                claims.release(k)
     if not left:
         return []
     n = max(attempts.get(k, 0) for k in left) + 1

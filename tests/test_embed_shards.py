@@ -100,6 +100,18 @@ def test_two_workers_write_the_cache_of_one(raw, tiny, unsharded, tmp_path, monk
     assert not list((tmp_path / "cache" / "features").glob("*/*/partial-*"))  # assembled once, partial files gone
 
 
+@pytest.mark.slow
+def test_two_ray_tasks_write_the_cache_of_one(raw, tiny, unsharded, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from bench.features.parallel import extract_parallel
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))  # reaches the tasks through their runtime env
+    reps = extract_parallel(f"reddit:data_dir={raw}", _model(tiny), ["response"], 2, EXTRACT, executor="ray", threads=1)
+    assert sum(r["embedded"] for r in reps) == unsharded[1]["items"]
+    feats, _ = _load_features(f"reddit:data_dir={raw},features={tiny}")
+    assert np.array_equal(feats, unsharded[0])
+
+
 def test_chunks_claimed_by_a_live_process_are_left_to_it_and_dead_ones_taken_over(raw, tiny, unsharded, tmp_path, monkeypatch):
     from bench.commands.embed import load_text_dataset
     from bench.features.cache import ChunkStore, model_dir

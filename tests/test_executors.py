@@ -142,6 +142,7 @@ def test_killed_worker_leaves_no_partial_cell_and_is_retried(tmp_path, fakes):
     assert s.failed and s.failed[0]["stage"] == "worker" and s.ran == 1
     # its claim was left by a dead process: the rerun takes it over and completes the cell
     assert (store.claims_dir / f"{second}.claim").exists()
+    assert not (store.claims_dir / f"{first}.claim").exists()  # a finished cell keeps no claim
     with ProcessExecutor(2) as ex:
         again = run(cfg, log=logs.append, executor=ex)
     assert (again.ran, again.cached, again.failed) == (1, 1, [])

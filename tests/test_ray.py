@@ -4,7 +4,6 @@ workers retried, LLM requests shared by a pool of engine actors. Skipped when Ra
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

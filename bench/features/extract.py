@@ -184,7 +184,7 @@ def extract_features(
     claims = ClaimDir(store.dir / "claims")
 
     def embed_chunk(k: int) -> None:
-        nonlocal check, embedded, tokens, done_items
+        nonlocal check, embedded, tokens
         items = store.chunk_items(k)
         ids = [encoder.tokenize(msgs[i]) for i in items]
         lengths = np.array([len(x) for x in ids], dtype=np.int64)

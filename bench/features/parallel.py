@@ -140,20 +140,26 @@ def extract_parallel(
 
 
 def _on_ray(spec, model, kinds, workers, extract, ray_address, tensor_parallel, threads, device):
-    from bench.executors import require_ray
+    from bench.executors import require_ray, worker_env
 
     ray = require_ray()
+    env = worker_env()
+    started = False
     if not ray.is_initialized():
-        env = {k: os.environ[k] for k in ("BENCH_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "BENCH_CLAIM_STALE_S") if k in os.environ}
         kw: dict[str, Any] = {"include_dashboard": False, "namespace": "bench", "runtime_env": {"env_vars": env}}
         if ray_address:
             kw["address"] = ray_address
         ray.init(**kw)
+        started = True
     gpu = str(device).startswith("cuda") or model.get("backend") == "vllm"
-    opts: dict[str, Any] = {"num_cpus": float(threads or 1), "max_retries": 1}
+    opts: dict[str, Any] = {"num_cpus": float(threads or 1), "max_retries": 1, "runtime_env": {"env_vars": env}}
     if gpu:
         opts["num_gpus"] = float(tensor_parallel)
         model = dict(model, device="cuda") if model.get("backend") != "vllm" else model
     task = ray.remote(_worker).options(**opts)
-    refs = [task.remote(spec, model, kinds, extract, threads) for _ in range(workers)]
-    return [r for part in ray.get(refs) for r in part]
+    try:
+        refs = [task.remote(spec, model, kinds, extract, threads) for _ in range(workers)]
+        return [r for part in ray.get(refs) for r in part]
+    finally:
+        if started:
+            ray.shutdown()
