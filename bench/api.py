@@ -176,8 +176,18 @@ class Method:
     test_params: ClassVar[dict[str, Any]] = {}
     #: "personalized input", "personalized parameter", "meta-learning", "reference"
     kind: ClassVar[str] = "reference"
+    #: what one fit group asks of a Ray cluster (``bench run --executor ray``): ``num_cpus``,
+    #: ``num_gpus``, ``memory`` (bytes) or custom Ray resources. Empty: ``--threads`` CPUs (1 by
+    #: default) and one GPU when ``gpu`` is in ``requires`` or ``--device`` is CUDA. Override
+    #: :meth:`resources_for` when the need depends on the parameters.
+    resources: ClassVar[dict[str, float]] = {}
 
     ctx_: Context
+
+    @classmethod
+    def resources_for(cls, params: dict[str, Any], options: dict[str, Any]) -> dict[str, float]:
+        """Resources of one fit group with these parameters and execution options (default: ``resources``)."""
+        return dict(cls.resources)
 
     # ---------------------------------------------------------------- params (sklearn style)
     @classmethod

@@ -84,6 +84,40 @@ def _positive_int(text: str) -> int:
     return int(v)
 
 
+def add_executor_args(p: argparse.ArgumentParser, llm: bool = True) -> None:
+    """The flags that choose where cells run (shared by ``run`` and ``paper``)."""
+    g = p.add_argument_group("execution (see docs/scaling.md)")
+    g.add_argument("--jobs", type=_positive_int, default=1,
+                   help="parallel workers: local processes, or the CPUs of a local Ray instance (default 1: in this process)")
+    g.add_argument("--executor", choices=["local", "ray"], default=None,
+                   help="local processes (default) or Ray tasks (one fit group per task; needs bench-prm[ray])")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="run on this Ray cluster, e.g. ray://head:10001 or auto (implies --executor ray)")
+    g.add_argument("--retries", type=int, default=1, help="re-runs of a fit group whose worker died (default 1), then its cells fail")
+    if llm:
+        g.add_argument("--llm-replicas", type=_positive_int, default=None,
+                       help="with --executor ray: engine replicas (Ray actors) that share an LLM method's requests")
+
+
+def make_executor_from_args(args, log=None):
+    """The executor ``add_executor_args`` flags ask for (close it when done)."""
+    from bench.executors import make_executor
+
+    kind = args.executor or ("ray" if args.ray_address else "local")
+    if args.retries < 0:
+        raise BenchError(f"--retries must be ≥ 0, got {args.retries}")
+    if getattr(args, "llm_replicas", None) and kind != "ray":
+        raise BenchError("--llm-replicas needs --executor ray", hint="add --executor ray (a local Ray instance) or --ray-address ADDR")
+    return make_executor(kind, jobs=args.jobs, threads=args.threads, ray_address=args.ray_address,
+                         device=getattr(args, "device", "cpu") or "cpu", log=log)
+
+
+def execution_options(args) -> dict:
+    """Context options that the execution flags imply (read by methods, never part of a cell key)."""
+    n = getattr(args, "llm_replicas", None)
+    return {"llm_replicas": n} if n else {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench",
@@ -108,8 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--test-fraction", type=float, default=None, help="score a fixed random fraction of each user's test pairs")
     r.add_argument("--results", default=DEFAULT_RESULTS, help=f"results directory (default ./{DEFAULT_RESULTS})")
     r.add_argument("--device", default="cpu", help="torch device for methods (cpu, cuda, cuda:1)")
-    r.add_argument("--threads", type=_positive_int, default=None, help="torch threads per process")
+    r.add_argument("--threads", type=_positive_int, default=None,
+                   help="BLAS and torch threads per worker (default: all CPUs for --jobs 1, else CPUs ÷ jobs)")
     r.add_argument("--no-table", action="store_true", help="do not print the table at the end")
+    add_executor_args(r)
 
     ls = sub.add_parser("list", help="list methods and datasets with their capabilities")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
@@ -141,10 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             return handlers[args.verb](args)
         return args.handler(args)
     except BenchError as e:
+        from rich.markup import escape
+
         err = _console(stderr=True)
-        err.print(f"[bold red]error:[/bold red] {e.message}", markup=True)
-        if e.hint:
-            err.print(f"  [bold]fix:[/bold] {e.hint}", markup=True)
+        err.print(f"[bold red]error:[/bold red] {escape(e.message)}", markup=True)
+        if e.hint:  # escaped: a hint like pip install 'bench-prm[ray]' must print its brackets
+            err.print(f"  [bold]fix:[/bold] {escape(e.hint)}", markup=True)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
@@ -195,6 +233,7 @@ def cmd_run(args) -> int:
         device=args.device,
         threads=args.threads,
         skip_unavailable=args.methods.strip() == "all",
+        options=execution_options(args),
     )
 
     with Progress(
@@ -211,7 +250,9 @@ def cmd_run(args) -> int:
         def progress(desc: str, done: int, total: int) -> None:
             prog.update(task, description=desc, completed=done, total=max(total, 1))
 
-        summary = run(cfg, progress=progress, log=lambda m: prog.console.print(m, markup=False, highlight=False))
+        say = lambda m: prog.console.print(m, markup=False, highlight=False)  # noqa: E731
+        with make_executor_from_args(args, log=say) as executor:
+            summary = run(cfg, progress=progress, log=say, executor=executor, retries=args.retries)
 
     for note in summary.notes:
         console.print(f"note: {note}", markup=False)
@@ -221,7 +262,8 @@ def cmd_run(args) -> int:
             markup=False,
         )
         return 130
-    console.print(f"{summary.ran} cells computed, {summary.cached} served from {cfg.results}", markup=False)
+    elsewhere = f", {summary.elsewhere} computed by another run" if summary.elsewhere else ""
+    console.print(f"{summary.ran} cells computed, {summary.cached} served from {cfg.results}{elsewhere}", markup=False)
     if not args.no_table and summary.keys:
         _print_table(console, cfg.results, set(summary.keys))
     if summary.failed:

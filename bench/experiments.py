@@ -440,9 +440,16 @@ def execute(
     log: Callable[[str], None] = print,
     device: str = "cpu",
     threads: int | None = None,
+    executor=None,
+    retries: int = 1,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run every job with missing cells through the ordinary runner; then the analyses."""
-    from bench.runner import run
+    """Run every job with missing cells through the ordinary runner; then the analyses.
+
+    All jobs' fit groups go to one executor together (``bench paper --jobs N`` / ``--executor
+    ray`` runs groups of different jobs side by side); None runs them here, one after another.
+    """
+    from bench.runner import run_many
 
     stored = read_cells(plan.keys, results)
     states = stored.states
@@ -451,16 +458,16 @@ def execute(
     log(f"{len(states)} cells planned — {len(states) - n_missing} cached, {n_missing} to run in {len(todo)} jobs")
     # `stored` lets rendering reuse what was read here instead of reading every cell again
     summary = {"ran": 0, "failed": [], "interrupted": False, "jobs": len(todo), "analyses": [], "stored": stored}
-    for i, job in enumerate(todo, 1):
+    cfgs = []
+    for job in todo:
         cfg = job.run_config(results, device, threads)
-
-        def prog(desc: str, done: int, total: int, i=i, job=job) -> None:
-            if progress:
-                progress(f"[{i}/{len(todo)}] {job.method} · {desc}", done, total)
-
-        s = run(cfg, progress=prog, log=log)
+        cfg.options = dict(options or {})
+        cfgs.append(cfg)
+    if cfgs:
+        s = run_many(cfgs, progress=progress, log=log, executor=executor, retries=retries)
         summary["ran"] += s.ran
         summary["failed"].extend(s.failed)
+        summary["elsewhere"] = s.elsewhere
         if s.interrupted:
             summary["interrupted"] = True
             return summary

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,9 @@ from bench.metrics import pair_credit, user_accuracy
 from bench.registry import load_method
 from bench.splits import Split, load_or_create_split
 from bench.store import ENGINE_VERSION, ResultsStore
+
+if TYPE_CHECKING:
+    from bench.executors import Crash, Executor, Unit
 
 Budget = int | None  # None = all of the user's train pairs
 
@@ -75,6 +78,7 @@ class RunConfig:
     device: str = "cpu"
     threads: int | None = None
     skip_unavailable: bool = False  # True for --methods all
+    options: dict[str, Any] = field(default_factory=dict)  # Context.options (execution hints, e.g. llm_replicas)
 
 
 @dataclass
@@ -104,6 +108,7 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     interrupted: bool = False
+    elsewhere: int = 0  # cells found finished by another run (concurrent runs into one directory)
 
 
 def resolve_budgets(cfg: RunConfig, ds: Dataset) -> tuple[Budget, list[Budget]]:
@@ -116,13 +121,19 @@ def resolve_budgets(cfg: RunConfig, ds: Dataset) -> tuple[Budget, list[Budget]]:
     return shots, list(dict.fromkeys(unseen))
 
 
-def check_capabilities(cls: type[Method], ds: Dataset) -> str | None:
-    """Why the dataset cannot serve this method, or None."""
+def check_capabilities(
+    cls: type[Method], ds: Dataset, gpu_available: bool | Callable[[], bool | None] | None = None
+) -> str | None:
+    """Why the dataset cannot serve this method, or None. ``gpu_available`` None: this machine's CUDA
+    decides (an executor for a cluster passes whether the cluster has GPUs, possibly as a callable
+    asked only for GPU methods)."""
     missing = set(cls.requires) - set(ds.capabilities) - {"gpu", "llm"}
     if missing:
         return f"needs {', '.join(sorted(missing))}, which {ds.name} does not provide"
-    if "gpu" in cls.requires and not _cuda_available():
-        return "needs a CUDA GPU"
+    if "gpu" in cls.requires:
+        avail = gpu_available() if callable(gpu_available) else gpu_available
+        if not (_cuda_available() if avail is None else avail):
+            return "needs a CUDA GPU"
     return None
 
 
@@ -134,12 +145,14 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def plan(cfg: RunConfig, ds: Dataset, summary: RunSummary) -> list[FitGroup]:
+def plan(
+    cfg: RunConfig, ds: Dataset, summary: RunSummary, gpu_available: bool | Callable[[], bool | None] | None = None
+) -> list[FitGroup]:
     shots, unseen_list = resolve_budgets(cfg, ds)
     groups: list[FitGroup] = []
     for name in cfg.methods:
         cls = load_method(name)
-        why = check_capabilities(cls, ds)
+        why = check_capabilities(cls, ds, gpu_available)
         if why is not None:
             if cfg.skip_unavailable:
                 summary.skipped[name] = why
@@ -279,12 +292,10 @@ def _git_commit() -> str | None:
 
 
 def _set_threads(n: int | None) -> None:
-    if n is None:
-        return
-    if "torch" in sys.modules:
-        import torch
+    """Pin BLAS/OpenMP (threadpoolctl) and torch to ``n`` threads (None: leave them alone)."""
+    from bench.executors import pin_threads
 
-        torch.set_num_threads(n)
+    pin_threads(n)
 
 
 # ---------------------------------------------------------------------------- execution
@@ -292,20 +303,75 @@ def _set_threads(n: int | None) -> None:
 ProgressFn = Callable[[str, int, int], None]
 
 
-def run(cfg: RunConfig, progress: ProgressFn | None = None, log: Callable[[str], None] = print) -> RunSummary:
-    """Run every missing cell of ``cfg``; return what happened. Never recomputes finished cells."""
+def run(
+    cfg: RunConfig,
+    progress: ProgressFn | None = None,
+    log: Callable[[str], None] = print,
+    executor: "Executor | None" = None,
+    retries: int = 1,
+) -> RunSummary:
+    """Run every missing cell of ``cfg``; return what happened. Never recomputes finished cells.
+
+    ``executor`` (see :mod:`bench.executors`) decides where the fit groups run: None is the
+    sequential in-process path; ``ProcessExecutor``/``RayExecutor`` run them in parallel.
+    """
+    return run_many([cfg], progress=progress, log=log, executor=executor, retries=retries)
+
+
+def run_many(
+    cfgs: list[RunConfig],
+    progress: ProgressFn | None = None,
+    log: Callable[[str], None] = print,
+    executor: "Executor | None" = None,
+    retries: int = 1,
+    poll_s: float = 1.0,
+) -> RunSummary:
+    """Plan several run configurations, then run all their missing cells through one executor.
+
+    Workers claim each cell before computing it (``RESULTS/claims/``), so cells that another run is
+    computing are skipped and waited for; when their owner dies they are computed here. A unit
+    whose worker dies is retried ``retries`` times, then its cells are marked failed.
+    """
+    from bench.executors import InProcessExecutor
+
+    ex = executor or InProcessExecutor(cfgs[0].threads if cfgs else None, log=log)
+    summary = RunSummary()
+    units: list[Unit] = []
+    for cfg in cfgs:
+        units.extend(_prepare(cfg, ex, summary, log))
+    n_todo = sum(len(u.cells) for u in units)
+    if len(cfgs) > 1 or not isinstance(ex, InProcessExecutor):
+        log(f"{n_todo} cells to run in {len(units)} fit groups on {ex.describe()}")
+    try:
+        _drive(units, ex, summary, progress, log, n_todo, retries, poll_s)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        if executor is None:
+            ex.close()
+    return summary
+
+
+def _prepare(cfg: RunConfig, ex: "Executor", summary: RunSummary, log: Callable[[str], None]) -> list["Unit"]:
+    """Load, plan and check one configuration; its units of missing cells (counts into ``summary``)."""
     from bench.datasets import load_dataset
+    from bench.executors import Unit, method_target, unit_resources
 
     store = ResultsStore(cfg.results)
     store.ensure_writable()
-    summary = RunSummary()
     ds = load_dataset(cfg.dataset)
     log(describe_dataset(ds))
-    groups = plan(cfg, ds, summary)
-    for name, why in summary.skipped.items():
-        log(f"skipping {name}: it {why}")
+    skipped_before = set(summary.skipped)
+    local = RunSummary()
+    groups = plan(cfg, ds, local, gpu_available=ex.has_gpu)
+    summary.skipped.update(local.skipped)
+    for name, why in local.skipped.items():
+        if name not in skipped_before:
+            log(f"skipping {name}: it {why}")
 
-    todo: list[tuple[FitGroup, list[CellPlan]]] = []
+    units: list[Unit] = []
+    planned = cached = 0
+    results = str(Path(cfg.results).resolve())
     for g in groups:
         missing = []
         for c in g.cells:
@@ -315,32 +381,165 @@ def run(cfg: RunConfig, progress: ProgressFn | None = None, log: Callable[[str],
                 dest = store.quarantine(store.cell_path(c.key), st.reason)
                 log(f"[warn] {st.reason}; moved to {dest}; recomputing")
             if st.state == "done":
-                summary.cached += 1
+                cached += 1
             else:
                 missing.append(c)
-        summary.planned += len(g.cells)
+        planned += len(g.cells)
         if missing:
-            todo.append((g, missing))
-    n_todo = sum(len(m) for _, m in todo)
-    log(f"{ds.name}: {summary.planned} cells planned — {summary.cached} cached, {n_todo} to run")
-    _budget_notes(cfg, ds, summary, groups)
+            threads = cfg.threads if cfg.threads is not None else ex.threads
+            units.append(
+                Unit(
+                    dataset=cfg.dataset,
+                    results=results,
+                    seed=g.seed,
+                    seen_ratio=cfg.seen_ratio,
+                    test_fraction=cfg.test_fraction,
+                    shots=g.shots,
+                    method=g.method,
+                    target=method_target(g.cls),
+                    params=g.params,
+                    cells=[(c.key, c.cell, c.unseen_shots) for c in missing],
+                    device=cfg.device,
+                    threads=threads,
+                    resources=unit_resources(g.cls, cfg.device, threads, g.params, cfg.options),
+                    options=dict(cfg.options),
+                    executor=ex.name,
+                )
+            )
+    summary.planned += planned
+    summary.cached += cached
+    n_todo = sum(len(u.cells) for u in units)
+    log(f"{ds.name}: {planned} cells planned — {cached} cached, {n_todo} to run")
+    local.notes = []
+    _budget_notes(cfg, ds, local, groups)
+    summary.notes.extend(n for n in local.notes if n not in summary.notes)
+    return units
 
-    done = 0
-    splits: dict[int, Split] = {}
-    try:
-        for g, missing in todo:
-            if g.seed not in splits:
-                splits[g.seed] = load_or_create_split(cfg.results, ds, g.seed, cfg.seen_ratio)
-            if progress:
-                progress(f"{g.method} seed {g.seed}", done, n_todo)
-            ok = _run_group(cfg, ds, splits[g.seed], g, missing, store, summary, log)
-            done += len(missing)
-            summary.ran += ok
-    except KeyboardInterrupt:
-        summary.interrupted = True
+
+def _drive(units, ex, summary: RunSummary, progress, log, n_todo: int, retries: int, poll_s: float) -> None:
+    """Hand units to the executor; count outcomes; retry crashed units; wait for other runs' cells."""
+    from bench.claims import ClaimDir
+    from bench.executors import Crash
+
+    state = {"done": 0, "running": 0}
+    attempts: dict[str, int] = {}
+    waiting: dict[str, Unit] = {}  # cells another run is computing → the unit that would compute them here
+    started = time.time()
+
+    def on_start(u: Unit) -> None:
+        state["running"] += 1
+        if progress:
+            more = state["running"] - 1
+            progress(u.label + (f" (+{more} running)" if more > 0 else ""), state["done"], n_todo)
+
+    def tick(u: Unit, n: int) -> None:
+        state["done"] += n
+        if progress:
+            progress(f"{u.label} finished", state["done"], n_todo)
+
+    pending = list(units)
+    while pending or waiting:
+        requeue: list[Unit] = []
+        if pending:
+            for u, res in ex.run(pending, on_start=on_start):
+                state["running"] = max(0, state["running"] - 1)
+                if isinstance(res, Crash):
+                    requeue.extend(_crashed(u, res, attempts, retries, summary, log))
+                    continue
+                for line in res.logs:
+                    log(line)
+                n = 0
+                for o in res.outcomes:
+                    if o.state == "done":
+                        summary.ran += 1
+                        n += 1
+                    elif o.state == "failed":
+                        summary.failed.append(o.failure or {"key": o.key, "method": u.method, "seed": u.seed, "error": "failed", "stage": "?"})
+                        n += 1
+                    elif o.state == "cached":
+                        summary.elsewhere += 1
+                        n += 1
+                    elif o.state == "busy":
+                        waiting[o.key] = u
+                tick(u, n)
+        if requeue:
+            pending = requeue
+            continue
+        pending = []
+        if not waiting:
+            break
+        if progress:
+            progress(f"waiting for {len(waiting)} cells another run is computing", state["done"], n_todo)
+        time.sleep(poll_s)
+        orphans: dict[int, tuple[Unit, set[str]]] = {}
+        for key, u in list(waiting.items()):
+            store = ResultsStore(u.results)
+            if ClaimDir(store.claims_dir).is_live(key):
+                continue
+            st = store.status(key)
+            if st.state == "done":
+                summary.elsewhere += 1
+            elif st.state == "failed" and _failed_since(store, key, started):
+                summary.failed.append(_failure_record(store, key, u))
+            else:  # its owner died or gave up without writing: compute it here
+                orphans.setdefault(id(u), (u, set()))[1].add(key)
+                del waiting[key]
+                continue
+            del waiting[key]
+            tick(u, 1)
+        pending = [u.with_cells(keys) for u, keys in orphans.values()]
+        if pending:
+            log(f"{sum(len(k) for _, k in orphans.values())} cells claimed by a run that stopped; computing them here")
     if progress:
-        progress("done", done, n_todo)
-    return summary
+        progress("done", state["done"], n_todo)
+
+
+def _crashed(u: "Unit", res: "Crash", attempts: dict[str, int], retries: int, summary: RunSummary, log) -> list["Unit"]:
+    """A worker died while computing ``u``: retry its unfinished cells, or mark them failed."""
+    from bench.claims import ClaimDir
+
+    store = ResultsStore(u.results)
+    claims = ClaimDir(store.claims_dir)
+    left = {k for k, _c, _b in u.cells if store.status(k).state != "done"}
+    for k, _c, _b in u.cells:
+        if k not in left:
+            summary.ran += 1  # written before the worker died
+            if not claims.is_live(k) and claims.try_claim(k):  # drop the dead worker's claim on it
+                claims.release(k)
+    if not left:
+        return []
+    n = max(attempts.get(k, 0) for k in left) + 1
+    for k in left:
+        attempts[k] = n
+    if n <= retries:
+        log(f"[warn] {u.label}: {res.reason}; retrying its {len(left)} cells (attempt {n + 1} of {retries + 1})")
+        return [u.with_cells(left)]
+    err = f"WorkerCrash: {res.reason} ({n} attempt{'s' if n > 1 else ''})"
+    log(f"[error] {u.label} failed: {err}")
+    for k, cell, _b in u.cells:
+        if k in left:
+            store.write_failure(k, cell, err, res.reason)
+            summary.failed.append({"key": k, "method": u.method, "seed": u.seed, "error": err, "stage": "worker"})
+    return []
+
+
+def _failed_since(store: ResultsStore, key: str, t: float) -> bool:
+    import json
+
+    try:
+        return float(json.loads(store.failure_path(key).read_text()).get("time", 0)) >= t - 1
+    except (OSError, ValueError):
+        return False
+
+
+def _failure_record(store: ResultsStore, key: str, u: "Unit") -> dict[str, Any]:
+    import json
+
+    try:
+        rec = json.loads(store.failure_path(key).read_text())
+    except (OSError, ValueError):
+        rec = {}
+    return {"key": key, "method": u.method, "seed": u.seed, "error": rec.get("error", "failed in another run"), "stage": "another run"}
 
 
 def describe_dataset(ds: Dataset) -> str:
@@ -385,7 +584,9 @@ def _budget_notes(cfg: RunConfig, ds: Dataset, summary: RunSummary, groups: list
         summary.notes.append(f"{int(no_test.sum())} users have no test pairs; they have no accuracy (NaN) and are left out of means")
 
 
-def make_context(ds: Dataset, seed: int, device: str = "cpu", threads: int | None = None) -> Context:
+def make_context(
+    ds: Dataset, seed: int, device: str = "cpu", threads: int | None = None, options: dict[str, Any] | None = None
+) -> Context:
     """What a method may read besides its pairs (never labels of test pairs, never the split)."""
     prompt_of = None
     if ds.prompt_features is not None:
@@ -400,6 +601,7 @@ def make_context(ds: Dataset, seed: int, device: str = "cpu", threads: int | Non
         device=device,
         threads=threads,
         text=ds if ds.has_text else None,
+        options=dict(options or {}),
     )
 
 
@@ -412,9 +614,10 @@ def _run_group(
     store: ResultsStore,
     summary: RunSummary,
     log: Callable[[str], None],
+    options: dict[str, Any] | None = None,
 ) -> int:
     _set_threads(cfg.threads)
-    ctx = make_context(ds, g.seed, cfg.device, cfg.threads)
+    ctx = make_context(ds, g.seed, cfg.device, cfg.threads, options if options is not None else cfg.options)
     t_fit = time.perf_counter()
     try:
         method = g.cls(**g.params)
@@ -488,7 +691,7 @@ def _cell_rows(ds, split, g, c, method, support, queries, a_is_chosen, margin):
     trained = method.trained_param_count()
     meta = {
         "cell": c.cell,
-        "provenance": {**environment(), "device": ctx_device(method), "threads": _threads_now()},
+        "provenance": {**environment(), "device": ctx_device(method), "threads": _threads_now(), **_execution()},
         "params_formula": {"shared": formula.shared, "per_user": formula.per_user},
         "params_trained": None if trained is None else {"shared": trained.shared, "per_user": trained.per_user},
         "n_users": {"seen": int(split.seen.sum()), "unseen": int((~split.seen).sum())},
@@ -502,6 +705,12 @@ def _cell_rows(ds, split, g, c, method, support, queries, a_is_chosen, margin):
 def ctx_device(method: Method) -> str:
     ctx = getattr(method, "ctx_", None)
     return getattr(ctx, "device", "cpu")
+
+
+def _execution() -> dict[str, Any]:
+    from bench.executors import _EXECUTION
+
+    return dict(_EXECUTION)
 
 
 def _threads_now() -> int | None:

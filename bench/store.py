@@ -6,6 +6,8 @@ renamed into place, so a reader (or a killed writer) never sees half a cell. Eac
 its Parquet metadata the cell dict, provenance and the hash of its rows; a file whose rows no
 longer match is reported, moved to ``quarantine/`` and recomputed — never aggregated.
 Failed cells leave ``<key>.failed.json`` (with the traceback) and are retried on the next run.
+While a worker computes a cell it holds ``claims/<key>.claim`` (see :mod:`bench.claims`), so that
+concurrent runs into one directory compute each cell once.
 """
 
 from __future__ import annotations
@@ -140,6 +142,22 @@ class ResultsStore:
 
     def cell_path(self, key: str) -> Path:
         return self.cells_dir / f"{key}.parquet"
+
+    @property
+    def claims_dir(self) -> Path:
+        """Where running workers claim cells (see bench.claims)."""
+        return self.root / "claims"
+
+    def remove_stale_temporaries(self, key: str) -> int:
+        """Delete temporary files a killed writer left for ``key`` (call only while holding its claim)."""
+        n = 0
+        for tmp in self.cells_dir.glob(f".{key}.*.tmp"):
+            try:
+                tmp.unlink()
+                n += 1
+            except OSError:
+                pass
+        return n
 
     def failure_path(self, key: str) -> Path:
         return self.cells_dir / f"{key}.failed.json"

@@ -318,3 +318,29 @@ def test_transformers_backend_with_smollm2(tmp_path):
     assert all(c.finish_reason in ("stop", "length") for c in out)
     assert eng.model_id == "transformers:SmolLM2-135M-Instruct.Q4_1.gguf:float32"
     assert [c.text for c in eng.generate(reqs)] == [c.text for c in out]
+
+
+def _write_answers(path, start, n):
+    from bench.llm import ChatRequest, make_engine
+
+    eng = make_engine("scripted", "hash", cache=path, batch_size=7)
+    reqs = [ChatRequest.make([{"role": "user", "content": f"q{i}"}]) for i in range(start, start + n)]
+    return [c.text for c in eng.generate(reqs)]
+
+
+def test_response_cache_is_consistent_under_concurrent_writers(tmp_path):
+    """Several processes (e.g. Ray tasks of one run) share one SQLite cache: overlapping
+    requests, no lock errors, every answer stored once and equal to a single writer's."""
+    import multiprocessing as mp
+
+    from bench.llm import ResponseCache
+
+    path = tmp_path / "shared.sqlite"
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        outs = pool.starmap(_write_answers, [(path, 0, 60), (path, 30, 60), (path, 15, 60)])
+    alone = _write_answers(tmp_path / "alone.sqlite", 0, 90)
+    assert outs[0] == alone[:60] and outs[1] == alone[30:90] and outs[2] == alone[15:75]
+    c = ResponseCache(path)
+    assert len(c) == 90
+    c.close()

@@ -240,3 +240,17 @@ def test_generated_latex_compiles(toy_paper, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:]
     assert (tmp_path / "main.pdf").exists()
+
+
+def test_paper_with_worker_processes_renders_the_same_outputs(toy_paper, tmp_path):
+    """`bench paper --jobs 2` runs the fit groups of every job side by side; the stored rows, hence
+    every table, figure CSV and test file, are those of the sequential run."""
+    results, out, _ = toy_paper
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry, "_group", _patched_group())
+        code, log = _main("paper", "--config", TOY, "--results", tmp_path / "r", "--jobs", "2", "--threads", "1")
+    assert code == 0, log
+    assert "local processes" in log
+    a, b = _digests(out), _digests(tmp_path / "r" / "paper")
+    same = [n for n in a if n.endswith((".csv", ".tex"))]
+    assert same and {n: a[n] for n in same} == {n: b.get(n) for n in same}

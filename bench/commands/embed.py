@@ -4,6 +4,8 @@
     bench embed --dataset prism --model v1 --prompts        # + prompt-only features (PAL-B)
     bench embed --dataset reddit --model v2 --backend vllm  # vLLM's pooling runner (GPU)
     bench embed --dataset prism:data_dir=/data/prism --model smollm2 --dry-run
+    bench embed --dataset reddit --model v2 --backend vllm --data-parallel 8      # 8 GPUs, one model each
+    bench embed --dataset reddit --model v2 --backend vllm --ray-address auto --data-parallel 16
 
 Prints the dataset summary (users, pairs, pairs per user, rows dropped and why) and the expected
 cost, then extracts with a progress bar and ETA. Interrupt at any time: rerunning the same command
@@ -33,6 +35,13 @@ def add_parser(sub) -> None:
     e.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="vLLM only (default 0.5, leaving room for the check)")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     e.add_argument("--force", action="store_true", help="recompute even if complete features are cached")
+    g = e.add_argument_group("scale (see docs/scaling.md)")
+    g.add_argument("--data-parallel", type=int, default=1, metavar="N",
+                   help="N workers (one model copy each, own GPU(s)) split the texts chunk by chunk (default 1)")
+    g.add_argument("--tensor-parallel", type=int, default=1, metavar="T",
+                   help="vLLM: split each model copy over T GPUs (models too large for one GPU)")
+    g.add_argument("--executor", choices=["local", "ray"], default=None, help="workers as local processes (default) or Ray tasks")
+    g.add_argument("--ray-address", default=None, metavar="ADDR", help="run the workers on this Ray cluster (implies --executor ray)")
     e.add_argument("--dry-run", action="store_true", help="print the dataset summary and expected cost, extract nothing")
     e.set_defaults(handler=run)
 
@@ -89,6 +98,12 @@ def run(args) -> int:
     from bench.features.extract import default_reference, extract_features
 
     device = args.device or default_device()
+    if args.data_parallel < 1 or args.tensor_parallel < 1:
+        raise BenchError("--data-parallel and --tensor-parallel must be ≥ 1")
+    if args.tensor_parallel > 1 and args.backend != "vllm":
+        raise BenchError("--tensor-parallel needs --backend vllm", hint="add --backend vllm (GPU), or drop --tensor-parallel")
+    if args.data_parallel > 1 or args.executor == "ray" or args.ray_address:
+        return _run_parallel(args, ds, device, console)
     if args.threads:
         import torch
 
@@ -101,6 +116,7 @@ def run(args) -> int:
         device=device,
         dtype=args.dtype,
         gpu_memory_utilization=args.gpu_memory_utilization,
+        tensor_parallel_size=args.tensor_parallel,
     )
     console.print(
         f"model {enc.identity.model} (revision {enc.identity.revision}, chat template {enc.identity.template_hash}, "
@@ -164,4 +180,38 @@ def run(args) -> int:
         spec += ("," if ":" in spec else ":") + f"features={args.model}"
     console.print(f"next: bench run --dataset {spec} --methods all", markup=False)
     enc.close()
+    return 0
+
+
+def _run_parallel(args, ds, device: str, console) -> int:
+    """``--data-parallel N`` / Ray: N workers split the chunks; print what each embedded."""
+    from bench.executors import threads_per_worker
+    from bench.features.parallel import extract_parallel
+
+    kinds = ["response"] + (["prompt"] if args.prompts else [])
+    model = {
+        "name": args.model, "backend": args.backend, "revision": args.revision, "device": device, "dtype": args.dtype,
+        "gpu_memory_utilization": args.gpu_memory_utilization, "tensor_parallel_size": args.tensor_parallel,
+    }
+    extract = {
+        "chunk_size": args.chunk, "batch_tokens": args.batch_tokens, "batch_size": args.batch_size,
+        "check_samples": args.check_samples, "force": args.force,
+    }
+    threads = args.threads or (threads_per_worker(args.data_parallel, None) if device == "cpu" else None)
+    where = f"Ray ({args.ray_address or 'local'})" if (args.executor == "ray" or args.ray_address) else "local processes"
+    console.print(f"{args.data_parallel} workers on {where}" + (f", {args.tensor_parallel} GPUs each" if args.tensor_parallel > 1 else ""), markup=False)
+    t = time.perf_counter()
+    try:
+        reports = extract_parallel(args.dataset, model, kinds, args.data_parallel, extract,
+                                   executor=args.executor or "local", ray_address=args.ray_address,
+                                   tensor_parallel=args.tensor_parallel, threads=threads)
+    except KeyboardInterrupt:
+        console.print("interrupted: the chunks written so far are kept; rerun the same command to resume", markup=False)
+        return 130
+    for r in reports:
+        if not r.get("cached"):
+            console.print(f"  {r.get('worker', '?')}: {r['embedded']:,} texts ({r.get('tokens', 0):,} tokens) in {r['seconds']:.1f} s", markup=False)
+    total = sum(r["embedded"] for r in reports)
+    console.print(f"{total:,} texts embedded by {args.data_parallel} workers in {time.perf_counter() - t:.1f} s", markup=False)
+    console.print(f"features cached in {reports[0]['directory']}", markup=False)
     return 0

@@ -31,7 +31,10 @@ def add_parser(sub) -> None:
     p.add_argument("--render-only", action="store_true", help="do not run anything; render from stored results")
     p.add_argument("--plan", action="store_true", help="print the plan (jobs, cells, skipped methods) and stop")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="BLAS and torch threads per worker (default: CPUs ÷ jobs)")
+    from bench.cli import add_executor_args
+
+    add_executor_args(p)
     p.set_defaults(handler=run)
 
 
@@ -78,9 +81,12 @@ def run(args) -> int:
             def progress(desc: str, done: int, total: int) -> None:
                 prog.update(task, description=desc, completed=done, total=max(total, 1))
 
-            summary = execute(plan, results, progress=progress,
-                              log=lambda m: prog.console.print(m, markup=False, highlight=False),
-                              device=args.device, threads=args.threads)
+            log = lambda m: prog.console.print(m, markup=False, highlight=False)  # noqa: E731
+            from bench.cli import execution_options, make_executor_from_args
+
+            with make_executor_from_args(args, log=log) as executor:
+                summary = execute(plan, results, progress=progress, log=log, device=args.device, threads=args.threads,
+                                  executor=executor, retries=args.retries, options=execution_options(args))
         if summary["interrupted"]:
             say(f"interrupted: finished cells are kept in {results}; rerun the same command to continue")
             return 130

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def model_dir(ds: Dataset, ident: ModelIdentity) -> Path:
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique across hosts
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -219,7 +219,15 @@ class VLLMEncoder:
 
     backend = "vllm"
 
-    def __init__(self, name: str, revision: str | None = None, dtype: str = "auto", gpu_memory_utilization: float = 0.5, max_model_len: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        revision: str | None = None,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.5,
+        max_model_len: int | None = None,
+        tensor_parallel_size: int = 1,
+    ):
         try:
             import vllm
         except ImportError:
@@ -236,6 +244,8 @@ class VLLMEncoder:
         dtype = "bfloat16" if dtype == "auto" else dtype
         self.dtype_name = dtype
         common: dict[str, Any] = {"model": path, "dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": False}
+        if tensor_parallel_size > 1:  # a model too large for one GPU: its layers split over several
+            common["tensor_parallel_size"] = int(tensor_parallel_size)
         if revision:
             common["revision"] = revision
         if max_model_len:
@@ -331,9 +341,13 @@ def _score_head_from_checkpoint(path: str, revision: str | None, kind: str) -> n
 
 def load_encoder(name: str, backend: str = "transformers", **kw) -> HFEncoder | VLLMEncoder:
     if backend == "transformers":
+        if int(kw.get("tensor_parallel_size") or 1) > 1:
+            raise BenchError("--tensor-parallel needs --backend vllm", hint="add --backend vllm (GPU), or drop --tensor-parallel")
         return HFEncoder(name, **{k: v for k, v in kw.items() if k in ("revision", "device", "dtype", "attn")})
     if backend == "vllm":
-        return VLLMEncoder(name, **{k: v for k, v in kw.items() if k in ("revision", "dtype", "gpu_memory_utilization", "max_model_len")})
+        return VLLMEncoder(
+            name, **{k: v for k, v in kw.items() if k in ("revision", "dtype", "gpu_memory_utilization", "max_model_len", "tensor_parallel_size")}
+        )
     raise BenchError(f"unknown backend {backend!r}", hint="--backend transformers or --backend vllm")
 
 

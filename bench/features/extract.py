@@ -14,10 +14,14 @@
 4. Each chunk is written atomically; an interrupted run resumes at the first missing chunk; the
    final arrays are assembled only when every chunk is present, ``score(feature) ≈ logit`` is
    checked on every stored feature, and the manifest is written last.
+5. Each chunk is claimed before it is embedded (:mod:`bench.claims`), so several processes —
+   data-parallel workers on several GPUs, or machines sharing the cache — split one extraction;
+   see :mod:`bench.features.parallel`.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +32,7 @@ import pandas as pd
 
 from bench.data import Dataset
 from bench.errors import BenchError, DataError
+from bench.claims import ClaimDir
 from bench.features.cache import FILES, ChunkStore, finalize, model_dir, read_manifest
 
 ProgressFn = Callable[[int, int], None]
@@ -138,8 +143,15 @@ def extract_features(
     force: bool = False,
     progress: ProgressFn | None = None,
     log: Callable[[str], None] = print,
+    poll_s: float = 2.0,
 ) -> dict[str, Any]:
-    """Extract (or resume) ``kind`` features of ``ds`` with ``encoder``; returns a report."""
+    """Extract (or resume) ``kind`` features of ``ds`` with ``encoder``; returns a report.
+
+    Several processes may run this on the same dataset and model at once (``bench embed
+    --data-parallel N``, or one ``bench embed`` per machine on a shared cache): each claims the
+    chunks it embeds (``partial-<kind>/claims/``), so they split the work, and one of them
+    assembles the final arrays when every chunk is written.
+    """
     if chunk_size < 1 or batch_tokens < 1 or batch_size < 1:
         raise BenchError("--chunk, --batch-tokens and --batch-size must be positive")
     ident = encoder.identity
@@ -169,9 +181,10 @@ def extract_features(
     embedded = 0
     tokens = 0
     t0 = time.perf_counter()
-    for k in range(store.n_chunks):
-        if k in done:
-            continue
+    claims = ClaimDir(store.dir / "claims")
+
+    def embed_chunk(k: int) -> None:
+        nonlocal check, embedded, tokens
         items = store.chunk_items(k)
         ids = [encoder.tokenize(msgs[i]) for i in items]
         lengths = np.array([len(x) for x in ids], dtype=np.int64)
@@ -195,9 +208,40 @@ def extract_features(
         store.write(k, feats, logits, lengths)
         embedded += len(items)
         tokens += int(lengths.sum())
-        done_items += len(items)
+
+    def claim_and_embed(k: int) -> bool:
+        """Embed chunk k unless another process holds it; True when it is written (by anyone)."""
+        nonlocal done_items
+        if not claims.try_claim(f"chunk-{k:05d}"):
+            return False
+        try:
+            if store.status(k) is not None:  # nobody finished it meanwhile
+                embed_chunk(k)
+        finally:
+            claims.release(f"chunk-{k:05d}")
+        done_items += len(store.chunk_items(k))
         if progress:
             progress(done_items, n_items)
+        return True
+
+    # Chunks in order; one that another process (a data-parallel worker, another machine on the
+    # same cache) is embedding is skipped, then waited for — and embedded here if its owner dies.
+    busy = [k for k in range(store.n_chunks) if k not in done and not claim_and_embed(k)]
+    if busy:
+        log(f"{len(busy)} chunks are being embedded by another process; waiting for them")
+    while busy:
+        time.sleep(poll_s)
+        if read_manifest(root, kind) is not None:  # another worker already assembled everything
+            break
+        still = []
+        for k in busy:
+            if store.status(k) is None:
+                done_items += len(store.chunk_items(k))
+                if progress:
+                    progress(done_items, n_items)
+            elif claims.is_live(f"chunk-{k:05d}") or not claim_and_embed(k):
+                still.append(k)
+        busy = still
     elapsed = time.perf_counter() - t0
     head = encoder.head()
     info = {
@@ -211,7 +255,20 @@ def extract_features(
         "check": check,
         "last_run": {"texts": embedded, "tokens": tokens, "seconds": round(elapsed, 3)},
     }
-    finalize(store, row_to_item, head, info, head_tolerance(low_precision, head))
+    # One worker assembles the arrays; the others wait for its manifest (or take over if it dies).
+    finalizer = False
+    while read_manifest(root, kind) is None:
+        if claims.try_claim("finalize"):
+            finalizer = True
+            break
+        time.sleep(poll_s)
+    try:
+        if finalizer and read_manifest(root, kind) is None:
+            finalize(store, row_to_item, head, info, head_tolerance(low_precision, head))
+    finally:
+        claims.release("finalize")
+        if read_manifest(root, kind) is not None and store.dir.exists():
+            shutil.rmtree(store.dir, ignore_errors=True)  # a claim dir recreated by a late worker
     return {"directory": str(root), "embedded": embedded, "tokens": tokens, "seconds": elapsed, "complete": True, "cached": False, "check": check, "items": n_items}
 
 

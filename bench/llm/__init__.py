@@ -94,9 +94,31 @@ class LazyBackend(Backend):
                 pass
 
 
-def make_backend(backend: str, model: str, device: str = "cpu", threads: int | None = None, lazy: bool = True, **options: Any) -> Backend:
-    """A backend by name. ``lazy`` (default) defers loading the model to the first cache miss."""
+def make_backend(
+    backend: str,
+    model: str,
+    device: str = "cpu",
+    threads: int | None = None,
+    lazy: bool = True,
+    replicas: int = 1,
+    **options: Any,
+) -> Backend:
+    """A backend by name. ``lazy`` (default) defers loading the model to the first cache miss.
+
+    ``replicas`` > 1 serves the requests from that many copies of the backend, each a Ray actor
+    (:class:`bench.llm.pool.RayPoolBackend`); the model id — hence the cache — is the single one's.
+    """
     from bench.errors import BenchError, did_you_mean
+
+    if replicas > 1:
+        model_id = make_backend(backend, model, device=device, threads=threads, lazy=True, **options).model_id
+
+        def pool() -> Backend:
+            from bench.llm.pool import RayPoolBackend
+
+            return RayPoolBackend(backend, model, model_id, replicas, device=device, threads=threads, **options)
+
+        return LazyBackend(backend, model_id, pool, {**options, "replicas": replicas}) if lazy else pool()
 
     if backend == "scripted":
         from bench.llm.scripted import named_script
@@ -165,10 +187,13 @@ def make_engine(
     threads: int | None = None,
     log=None,
     lazy: bool = True,
+    replicas: int = 1,
     **options: Any,
 ) -> LLMEngine:
-    """An engine over a named backend; ``cache`` is True (the default file), False, or a path."""
-    be = make_backend(backend, model, device=device, threads=threads, lazy=lazy, **options)
+    """An engine over a named backend; ``cache`` is True (the default file), False, or a path.
+    With ``replicas`` > 1 each backend call carries ``batch_size`` requests per replica."""
+    be = make_backend(backend, model, device=device, threads=threads, lazy=lazy, replicas=replicas, **options)
+    batch_size = batch_size * max(1, replicas)
     rc = None
     if cache:
         rc = ResponseCache(default_cache_path() if cache is True else Path(cache))

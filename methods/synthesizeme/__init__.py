@@ -40,6 +40,15 @@ class _LLMMethod(Method):
             llm = here.parent.parent / "llm"
         return sorted(here.glob("*.py")) + sorted(llm.glob("*.py"))
 
+    @classmethod
+    def resources_for(cls, params: dict[str, Any], options: dict[str, Any]) -> dict[str, float]:
+        """A vLLM engine inside the task needs its GPUs; with ``llm_replicas`` the engines are Ray
+        actors that ask for their own, and the task itself needs a CPU only."""
+        out = dict(cls.resources)
+        if params.get("backend") == "vllm" and not options.get("llm_replicas"):
+            out.setdefault("num_gpus", float((params.get("engine_options") or {}).get("tensor_parallel_size", 1)))
+        return out
+
     # ------------------------------------------------------------------ helpers
     def _settings(self):
         from bench.methods.synthesizeme.pipeline import Settings
@@ -78,8 +87,12 @@ class _LLMMethod(Method):
         opts = dict(self.engine_options or {})
         if self.backend == "openai":
             opts.setdefault("base_url", self.base_url)
+        # execution option (bench run --executor ray --llm-replicas N): engines sharing the requests;
+        # not a parameter — answers are the same, so cell keys must not change
+        replicas = int(ctx.options.get("llm_replicas") or 1)
         self.engine_ = make_engine(
-            self.backend, self.model, cache=self.cache, max_attempts=self.max_attempts, device=ctx.device, threads=ctx.threads, log=log.warning, **opts
+            self.backend, self.model, cache=self.cache, max_attempts=self.max_attempts, device=ctx.device, threads=ctx.threads,
+            log=log.warning, replicas=replicas, **opts
         )
         self.pipeline_ = Pipeline(self.engine_, settings)
         self._texts: dict[int, tuple[str, str]] = {}
