@@ -94,6 +94,9 @@ def add_executor_args(p: argparse.ArgumentParser, llm: bool = True) -> None:
     g.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="run on this Ray cluster, e.g. ray://head:10001 or auto (implies --executor ray)")
     g.add_argument("--retries", type=int, default=1, help="re-runs of a fit group whose worker died (default 1), then its cells fail")
+    g.add_argument("--deterministic", action="store_true",
+                   help="torch's deterministic algorithms in every worker (GPU runs; CUBLAS_WORKSPACE_CONFIG=:4096:8, no cuDNN "
+                        "autotuning); recorded in each cell's provenance, not part of its key")
     if llm:
         g.add_argument("--llm-replicas", type=_positive_int, default=None,
                        help="with --executor ray: engine replicas (Ray actors) that share an LLM method's requests")
@@ -234,6 +237,7 @@ def cmd_run(args) -> int:
         threads=args.threads,
         skip_unavailable=args.methods.strip() == "all",
         options=execution_options(args),
+        deterministic=args.deterministic,
     )
 
     with Progress(
@@ -251,7 +255,10 @@ def cmd_run(args) -> int:
             prog.update(task, description=desc, completed=done, total=max(total, 1))
 
         say = lambda m: prog.console.print(m, markup=False, highlight=False)  # noqa: E731
-        with make_executor_from_args(args, log=say) as executor:
+        from bench.determinism import deterministic_mode
+
+        # also in this process while the workers start: they inherit CUBLAS_WORKSPACE_CONFIG
+        with deterministic_mode(args.deterministic), make_executor_from_args(args, log=say) as executor:
             summary = run(cfg, progress=progress, log=say, executor=executor, retries=args.retries)
 
     for note in summary.notes:

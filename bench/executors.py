@@ -122,6 +122,7 @@ class Unit:
     resources: dict[str, float] = field(default_factory=dict)  # num_cpus, num_gpus, memory
     options: dict[str, Any] = field(default_factory=dict)  # Context.options (e.g. llm_replicas)
     executor: str = "local"
+    deterministic: bool = False  # run the cells in bench.determinism.deterministic_mode
 
     @property
     def label(self) -> str:
@@ -202,6 +203,7 @@ def run_unit(unit: Unit, log: Callable[[str], None] | None = None) -> UnitResult
     claims are released only after the cell (or its failure) is written.
     """
     from bench.claims import ClaimDir
+    from bench.determinism import deterministic_mode
     from bench.runner import CellPlan, FitGroup, RunConfig, RunSummary, _run_group
     from bench.store import ResultsStore
 
@@ -248,8 +250,9 @@ def run_unit(unit: Unit, log: Callable[[str], None] | None = None) -> UnitResult
             g = FitGroup(unit.method, cls, unit.params, unit.seed, unit.shots, mine)
             summary = RunSummary()
             _EXECUTION.clear()
-            _EXECUTION.update({"executor": unit.executor, "worker": worker_name()})
-            _run_group(cfg, ds, split, g, mine, store, summary, say, options=unit.options)
+            _EXECUTION.update({"executor": unit.executor, "worker": worker_name(), "deterministic": bool(unit.deterministic)})
+            with deterministic_mode(unit.deterministic):
+                _run_group(cfg, ds, split, g, mine, store, summary, say, options=unit.options)
             failed = {f["key"]: f for f in summary.failed}
             for c in mine:
                 outcomes.append(CellOutcome(c.key, "failed" if c.key in failed else "done", failed.get(c.key)))
@@ -493,7 +496,7 @@ def require_ray():
 
 def worker_env() -> dict[str, str]:
     """Environment variables a Ray task needs from the driver (the caches, the claim timeout)."""
-    keys = ("BENCH_CACHE", "BENCH_CLAIM_STALE_S", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    keys = ("BENCH_CACHE", "BENCH_CLAIM_STALE_S", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CUBLAS_WORKSPACE_CONFIG")
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 

@@ -443,6 +443,7 @@ def execute(
     executor=None,
     retries: int = 1,
     options: dict[str, Any] | None = None,
+    deterministic: bool = False,
 ) -> dict[str, Any]:
     """Run every job with missing cells through the ordinary runner; then the analyses.
 
@@ -462,6 +463,7 @@ def execute(
     for job in todo:
         cfg = job.run_config(results, device, threads)
         cfg.options = dict(options or {})
+        cfg.deterministic = deterministic
         cfgs.append(cfg)
     if cfgs:
         s = run_many(cfgs, progress=progress, log=log, executor=executor, retries=retries)

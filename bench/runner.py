@@ -27,6 +27,7 @@ from bench import __version__
 from bench.api import Context, Method, Queries, UserPairs
 from bench.config import resolve_params
 from bench.data import Dataset
+from bench.determinism import torch_deterministic
 from bench.errors import BenchError
 from bench.hashing import canonical_json, hash_obj, mix64, tag
 from bench.metrics import pair_credit, user_accuracy
@@ -79,6 +80,7 @@ class RunConfig:
     threads: int | None = None
     skip_unavailable: bool = False  # True for --methods all
     options: dict[str, Any] = field(default_factory=dict)  # Context.options (execution hints, e.g. llm_replicas)
+    deterministic: bool = False  # torch's deterministic algorithms in the workers (see bench.determinism)
 
 
 @dataclass
@@ -404,6 +406,7 @@ def _prepare(cfg: RunConfig, ex: "Executor", summary: RunSummary, log: Callable[
                     resources=unit_resources(g.cls, cfg.device, threads, g.params, cfg.options),
                     options=dict(cfg.options),
                     executor=ex.name,
+                    deterministic=cfg.deterministic,
                 )
             )
     summary.planned += planned
@@ -691,7 +694,10 @@ def _cell_rows(ds, split, g, c, method, support, queries, a_is_chosen, margin):
     trained = method.trained_param_count()
     meta = {
         "cell": c.cell,
-        "provenance": {**environment(), "device": ctx_device(method), "threads": _threads_now(), **_execution()},
+        "provenance": {
+            **environment(), "device": ctx_device(method), "threads": _threads_now(), **_execution(),
+            "torch_deterministic": torch_deterministic(),
+        },
         "params_formula": {"shared": formula.shared, "per_user": formula.per_user},
         "params_trained": None if trained is None else {"shared": trained.shared, "per_user": trained.per_user},
         "n_users": {"seen": int(split.seen.sum()), "unseen": int((~split.seen).sum())},

@@ -84,9 +84,12 @@ def run(args) -> int:
             log = lambda m: prog.console.print(m, markup=False, highlight=False)  # noqa: E731
             from bench.cli import execution_options, make_executor_from_args
 
-            with make_executor_from_args(args, log=log) as executor:
+            from bench.determinism import deterministic_mode
+
+            with deterministic_mode(args.deterministic), make_executor_from_args(args, log=log) as executor:
                 summary = execute(plan, results, progress=progress, log=log, device=args.device, threads=args.threads,
-                                  executor=executor, retries=args.retries, options=execution_options(args))
+                                  executor=executor, retries=args.retries, options=execution_options(args),
+                                  deterministic=args.deterministic)
         if summary["interrupted"]:
             say(f"interrupted: finished cells are kept in {results}; rerun the same command to continue")
             return 130

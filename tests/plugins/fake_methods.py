@@ -114,11 +114,46 @@ class Suicide(Method):
         return ParamCount(0, 0)
 
 
+class Probe(Method):
+    """Records, while fitting, the torch determinism settings and the worker it ran in (``--deterministic``)."""
+
+    name = "probe"
+    requires = frozenset()
+
+    def __init__(self):
+        pass
+
+    def fit(self, train, ctx):
+        import os
+
+        import torch
+
+        self.ctx_ = ctx
+        self.seen_ = {
+            "pid": os.getpid(),
+            "torch_deterministic": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        }
+        return self
+
+    def score(self, queries):
+        return np.where(np.arange(len(queries)) % 2 == 0, 1.0, -1.0)
+
+    def extra_meta(self):
+        return dict(self.seen_)
+
+    def param_count(self):
+        return ParamCount(0, 0)
+
+
 FAKES = {
     "boom": "tests.plugins.fake_methods:Boom",
     "coin": "tests.plugins.fake_methods:Coin",
     "sleepy": "tests.plugins.fake_methods:Sleepy",
     "suicide": "tests.plugins.fake_methods:Suicide",
+    "probe": "tests.plugins.fake_methods:Probe",
 }
 
 
