@@ -68,6 +68,19 @@ def test_ray_worker_killed_mid_cell_is_failed_then_completed(tmp_path, ray_ex, f
     assert (again.ran, again.cached, again.failed) == (1, 1, [])
 
 
+def test_deterministic_is_set_in_the_ray_task_and_recorded(tmp_path, ray_ex, fakes):
+    import os
+
+    cfg = RunConfig(methods=["probe"], dataset=TINY_PRISM, seeds=[0], results=tmp_path / "r", deterministic=True)
+    s = run(cfg, log=lambda m: None, executor=ray_ex)
+    assert (s.ran, s.failed) == (1, [])
+    (meta,) = ResultsStore(tmp_path / "r").load()[1]
+    seen = meta["method_meta"]
+    assert seen["pid"] != os.getpid() and seen["torch_deterministic"] is True and seen["cublas_workspace"] == ":4096:8"
+    assert seen["cudnn_benchmark"] is False
+    assert meta["provenance"]["executor"] == "ray" and meta["provenance"]["deterministic"] is True
+
+
 def test_a_pool_of_engine_replicas_answers_like_one_engine(tmp_path, ray_ex):
     from bench.llm import ChatRequest, SamplingParams, make_engine
 

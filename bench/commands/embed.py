@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
     e.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="vLLM only (default 0.5, leaving room for the check)")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     e.add_argument("--force", action="store_true", help="recompute even if complete features are cached")
+    e.add_argument("--trust-remote-code", action="store_true",
+                   help="allow Python code shipped with the model checkpoint to run (off by default; recorded in the features' manifest)")
     g = e.add_argument_group("scale (see docs/scaling.md)")
     g.add_argument("--data-parallel", type=int, default=1, metavar="N",
                    help="N workers (one model copy each, own GPU(s)) split the texts chunk by chunk (default 1)")
@@ -117,6 +119,7 @@ def run(args) -> int:
         dtype=args.dtype,
         gpu_memory_utilization=args.gpu_memory_utilization,
         tensor_parallel_size=args.tensor_parallel,
+        trust_remote_code=args.trust_remote_code,
     )
     console.print(
         f"model {enc.identity.model} (revision {enc.identity.revision}, chat template {enc.identity.template_hash}, "
@@ -192,6 +195,7 @@ def _run_parallel(args, ds, device: str, console) -> int:
     model = {
         "name": args.model, "backend": args.backend, "revision": args.revision, "device": device, "dtype": args.dtype,
         "gpu_memory_utilization": args.gpu_memory_utilization, "tensor_parallel_size": args.tensor_parallel,
+        "trust_remote_code": args.trust_remote_code,
     }
     extract = {
         "chunk_size": args.chunk, "batch_tokens": args.batch_tokens, "batch_size": args.batch_size,

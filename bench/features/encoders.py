@@ -31,6 +31,7 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.features.cache import ModelIdentity
+from bench.llm.models import remote_code_guard
 
 STANDIN = "smollm2"
 STANDIN_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -128,10 +129,17 @@ class HFEncoder:
 
     backend = "transformers"
 
-    def __init__(self, name: str, revision: str | None = None, device: str = "cpu", dtype: str = "auto", attn: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        revision: str | None = None,
+        device: str = "cpu",
+        dtype: str = "auto",
+        attn: str | None = None,
+        trust_remote_code: bool = False,
+    ):
         _require_transformers()
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         display, path, gguf, kind = resolve_model(name)
         self.device = torch.device(device)
@@ -141,16 +149,29 @@ class HFEncoder:
             raise BenchError(f"--dtype {dtype} is not one of auto, bfloat16, float16, float32")
         self.dtype_name = dtype
         self.torch_dtype = getattr(torch, dtype)
+        # Python code shipped with a checkpoint runs only when the user asks (bench embed --trust-remote-code)
+        self.trust_remote_code = bool(trust_remote_code)
         kw: dict[str, Any] = {"revision": revision} if revision and kind == "hub" else {}
+        trc = self.trust_remote_code
         if gguf:
             kw["gguf_file"] = gguf
         load_kw = dict(kw, num_labels=1, dtype=self.torch_dtype)
         if attn:
             load_kw["attn_implementation"] = attn
         torch.manual_seed(0)  # a GGUF has no score head: draw it reproducibly
+        with remote_code_guard(display, "add --trust-remote-code to bench embed"):
+            self._load(path, kind, kw, load_kw, trc)
+        self.model.to(self.device).eval()
+        self._identify(display, path, gguf, kind, revision)
+
+    def _load(self, path: str, kind: str, kw: dict[str, Any], load_kw: dict[str, Any], trc: bool) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=kind == "hub", **kw)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=kind == "hub", **load_kw)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=kind == "hub", trust_remote_code=trc, **kw)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                path, local_files_only=kind == "hub", trust_remote_code=trc, **load_kw
+            )
         except OSError:
             if kind != "hub":
                 raise
@@ -160,11 +181,12 @@ class HFEncoder:
             if reason:
                 raise _offline_error(path, reason) from None
             try:
-                self.tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-                self.model = AutoModelForSequenceClassification.from_pretrained(path, **load_kw)
+                self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trc, **kw)
+                self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trc, **load_kw)
             except OSError as e:
                 raise BenchError(f"cannot load model {path}: {e}", hint="check the model id, your Hub token, and the revision") from None
-        self.model.to(self.device).eval()
+
+    def _identify(self, display: str, path: str, gguf: str | None, kind: str, revision: str | None) -> None:
         if getattr(self.model.config, "num_labels", 1) != 1 or not hasattr(self.model, "score"):
             raise BenchError(f"{display} is not a single-logit sequence-classification reward model")
         self.base = self.model.base_model
@@ -227,6 +249,7 @@ class VLLMEncoder:
         gpu_memory_utilization: float = 0.5,
         max_model_len: int | None = None,
         tensor_parallel_size: int = 1,
+        trust_remote_code: bool = False,
     ):
         try:
             import vllm
@@ -243,7 +266,9 @@ class VLLMEncoder:
 
         dtype = "bfloat16" if dtype == "auto" else dtype
         self.dtype_name = dtype
+        self.trust_remote_code = bool(trust_remote_code)
         common: dict[str, Any] = {"model": path, "dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": False}
+        trc = self.trust_remote_code
         if tensor_parallel_size > 1:  # a model too large for one GPU: its layers split over several
             common["tensor_parallel_size"] = int(tensor_parallel_size)
         if revision:
@@ -255,13 +280,15 @@ class VLLMEncoder:
 
             pooler = PoolerConfig(pooling_type="LAST", normalize=False)
             try:
-                self.llm = LLM(runner="pooling", convert="embed", pooler_config=pooler, **common)
+                self.llm = LLM(runner="pooling", convert="embed", pooler_config=pooler, trust_remote_code=trc, **common)
             except TypeError:
-                self.llm = LLM(runner="pooling", convert="embed", override_pooler_config=pooler, **common)
+                self.llm = LLM(runner="pooling", convert="embed", override_pooler_config=pooler, trust_remote_code=trc, **common)
         except TypeError:  # older vLLM: task=embed
             from vllm.config import PoolerConfig
 
-            self.llm = LLM(task="embed", override_pooler_config=PoolerConfig(pooling_type="LAST", normalize=False), **common)
+            self.llm = LLM(
+                task="embed", override_pooler_config=PoolerConfig(pooling_type="LAST", normalize=False), trust_remote_code=trc, **common
+            )
         self.vllm_version = vllm.__version__
         self.tokenizer = self.llm.get_tokenizer()
         self._path, self._kind, self._revision = path, kind, revision
@@ -343,11 +370,10 @@ def load_encoder(name: str, backend: str = "transformers", **kw) -> HFEncoder | 
     if backend == "transformers":
         if int(kw.get("tensor_parallel_size") or 1) > 1:
             raise BenchError("--tensor-parallel needs --backend vllm", hint="add --backend vllm (GPU), or drop --tensor-parallel")
-        return HFEncoder(name, **{k: v for k, v in kw.items() if k in ("revision", "device", "dtype", "attn")})
+        return HFEncoder(name, **{k: v for k, v in kw.items() if k in ("revision", "device", "dtype", "attn", "trust_remote_code")})
     if backend == "vllm":
-        return VLLMEncoder(
-            name, **{k: v for k, v in kw.items() if k in ("revision", "dtype", "gpu_memory_utilization", "max_model_len", "tensor_parallel_size")}
-        )
+        keep = ("revision", "dtype", "gpu_memory_utilization", "max_model_len", "tensor_parallel_size", "trust_remote_code")
+        return VLLMEncoder(name, **{k: v for k, v in kw.items() if k in keep})
     raise BenchError(f"unknown backend {backend!r}", hint="--backend transformers or --backend vllm")
 
 

@@ -249,6 +249,7 @@ def extract_features(
         "text_fingerprint": ds.meta.get("text_fingerprint", ds.fingerprint),
         "backend": encoder.backend,
         "dtype": getattr(encoder, "dtype_name", None),
+        "trust_remote_code": bool(getattr(encoder, "trust_remote_code", False)),
         "batch_tokens": batch_tokens,
         "batch_size": batch_size,
         "chunk_size": chunk_size,
@@ -282,7 +283,8 @@ def default_reference(encoder, name: str, revision: str | None) -> Callable[[], 
         if "ref" not in cache:
             from bench.features.encoders import HFEncoder
 
-            cache["ref"] = HFEncoder(name, revision=revision, device="cuda", dtype=encoder.dtype_name)
+            cache["ref"] = HFEncoder(name, revision=revision, device="cuda", dtype=encoder.dtype_name,
+                                     trust_remote_code=getattr(encoder, "trust_remote_code", False))
         return cache["ref"]
 
     return make

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from bench.llm.base import Backend, ChatRequest, Completion
-from bench.llm.models import resolve_model
+from bench.llm.models import remote_code_guard, resolve_model
 
 
 class HFBackend(Backend):
@@ -28,6 +28,7 @@ class HFBackend(Backend):
         dtype: str = "auto",
         batch_size: int = 8,
         threads: int | None = None,
+        trust_remote_code: bool = False,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -48,17 +49,23 @@ class HFBackend(Backend):
             raise BenchError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
         self.dtype = str(torch_dtype).replace("torch.", "")
         self.model_id = f"transformers:{identity}:{self.dtype}"
-        self.tok = AutoTokenizer.from_pretrained(path)
+        # code shipped with a checkpoint runs only when asked (the method's trust_remote_code parameter)
+        self.trust_remote_code = bool(trust_remote_code)
+        hint = "set the method's parameter trust_remote_code=true (e.g. --param synthesizeme.trust_remote_code=true)"
+        with remote_code_guard(model, hint):
+            self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=self.trust_remote_code)
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+        self.model = self.model.to(device).eval()
         self.window = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
         eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [self.tok.eos_token_id])
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model_id": self.model_id, "device": self.device, "dtype": self.dtype, "batch_size": self.batch_size}
+        return {"backend": self.name, "model_id": self.model_id, "device": self.device, "dtype": self.dtype, "batch_size": self.batch_size,
+                "trust_remote_code": self.trust_remote_code}
 
     def render(self, req: ChatRequest) -> str:
         return self.tok.apply_chat_template(req.chat(), add_generation_prompt=True, tokenize=False)

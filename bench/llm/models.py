@@ -14,13 +14,30 @@ cache keys). Aliases:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.errors import BenchError
+
+
+@contextlib.contextmanager
+def remote_code_guard(model: str, hint: str) -> Iterator[None]:
+    """Turn transformers' refusal to run a checkpoint's own code (``trust_remote_code`` off) into a
+    clear error naming the opt-in."""
+    try:
+        yield
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise BenchError(
+            f"model {model} ships its own Python code (auto_map in its config), which is not run unless you ask",
+            hint=hint + " — only for a model whose code you have read and trust",
+        ) from None
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -51,8 +68,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False)
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the dequantised weights are plain float32

@@ -30,6 +30,7 @@ class VLLMBackend(Backend):
         tensor_parallel_size: int = 1,
         seed: int = 0,
         enforce_eager: bool = False,
+        trust_remote_code: bool = False,
         llm: Any = None,
     ):
         self.model = model
@@ -41,6 +42,7 @@ class VLLMBackend(Backend):
             "tensor_parallel_size": tensor_parallel_size,
             "seed": seed,
             "enforce_eager": enforce_eager,
+            "trust_remote_code": bool(trust_remote_code),  # code shipped with a checkpoint runs only when asked
         }
         if llm is None:
             try:
@@ -52,8 +54,8 @@ class VLLMBackend(Backend):
                     "the vLLM backend needs the 'vllm' package (and a CUDA GPU)",
                     hint="pip install 'bench-prm[vllm]', or use backend=transformers (CPU) or backend=openai (a server)",
                 ) from None
-            kwargs = {k: v for k, v in self._settings.items() if v is not None}
-            llm = vllm.LLM(model=model, **kwargs)
+            kwargs = {k: v for k, v in self._settings.items() if v is not None and k != "trust_remote_code"}
+            llm = vllm.LLM(model=model, trust_remote_code=self._settings["trust_remote_code"], **kwargs)
         self.llm = llm
         self._tok = None
 

@@ -85,8 +85,15 @@ class _LLMMethod(Method):
         settings = self._settings()
         settings.check()
         opts = dict(self.engine_options or {})
+        if "trust_remote_code" in opts:
+            raise BenchError(
+                f"{self.name}: trust_remote_code is a parameter of the method, not an engine option",
+                hint=f"--param {self.name}.trust_remote_code=true (recorded with the cell's parameters)",
+            )
         if self.backend == "openai":
             opts.setdefault("base_url", self.base_url)
+        if self.backend in ("vllm", "transformers"):  # they load checkpoints: code shipped with one runs only when asked
+            opts["trust_remote_code"] = bool(self.trust_remote_code)
         # execution option (bench run --executor ray --llm-replicas N): engines sharing the requests;
         # not a parameter — answers are the same, so cell keys must not change
         replicas = int(ctx.options.get("llm_replicas") or 1)
@@ -189,6 +196,7 @@ class SynthesizeMe(_LLMMethod):
         persona_examples: int = 2,
         answer_parsing: str = "strict",
         sampling_seed: int = 0,
+        trust_remote_code: bool = False,
     ):
         self.variant = variant
         self.backend = backend
@@ -212,6 +220,7 @@ class SynthesizeMe(_LLMMethod):
         self.persona_examples = persona_examples
         self.answer_parsing = answer_parsing
         self.sampling_seed = sampling_seed
+        self.trust_remote_code = trust_remote_code
 
     def fit(self, train: UserPairs, ctx: Context) -> "SynthesizeMe":
         # Nothing is shared across users: the judge is personalised from each user's support alone.

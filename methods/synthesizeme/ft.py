@@ -113,6 +113,7 @@ class SynthesizeMeFT(_LLMMethod):
         rm_dtype: str = "auto",
         gradient_checkpointing: bool = False,
         release_llm: bool = True,
+        trust_remote_code: bool = False,
     ):
         self.variant = variant
         self.backend = backend
@@ -149,6 +150,7 @@ class SynthesizeMeFT(_LLMMethod):
         self.rm_dtype = rm_dtype
         self.gradient_checkpointing = gradient_checkpointing
         self.release_llm = release_llm
+        self.trust_remote_code = trust_remote_code
 
     # ------------------------------------------------------------------ model
     def _check(self) -> None:
@@ -163,7 +165,7 @@ class SynthesizeMeFT(_LLMMethod):
         import torch
         from torch import nn
 
-        from bench.llm.models import TINY_ALIAS, resolve_model, tiny_backbone, tiny_tokenizer
+        from bench.llm.models import TINY_ALIAS, remote_code_guard, resolve_model, tiny_backbone, tiny_tokenizer
 
         try:
             from transformers import AutoModel, AutoTokenizer
@@ -180,8 +182,10 @@ class SynthesizeMeFT(_LLMMethod):
             backbone = tiny_backbone(len(tok), seed=seed).to(dtype)
         else:
             path, _ = resolve_model(self.rm_model)
-            tok = AutoTokenizer.from_pretrained(path)
-            backbone = AutoModel.from_pretrained(path, dtype=dtype)
+            trc = bool(self.trust_remote_code)  # code shipped with the checkpoint runs only when asked
+            with remote_code_guard(self.rm_model, f"--param {self.name}.trust_remote_code=true"):
+                tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trc)
+                backbone = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trc)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         tok.padding_side = "right"
