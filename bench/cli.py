@@ -321,6 +321,7 @@ def cmd_list(args) -> int:
     if args.json:
         print(json.dumps({"methods": methods, "datasets": datasets}, indent=1))
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
@@ -329,7 +330,7 @@ def cmd_list(args) -> int:
         t.add_column(col)
     for m in methods:
         if "error" in m:
-            t.add_row(m["name"], "[red]broken[/red]", "", f"[red]{m['error']}[/red] ({m['target']})")
+            t.add_row(m["name"], "[red]broken[/red]", "", f"[red]{escape(m['error'])}[/red] ({escape(m['target'])})")
         else:
             t.add_row(m["name"], m["kind"], ", ".join(m["requires"]), m["summary"])
     console.print(t)
@@ -337,11 +338,18 @@ def cmd_list(args) -> int:
     for col in ("name", "family", "split", "provides", "shots", "description"):
         t.add_column(col)
     for d in datasets:
+        if "error" in d:
+            t.add_row(d["name"], "[red]broken[/red]", "", "", "", f"[red]{escape(d['error'])}[/red] ({escape(d['target'])})")
+            continue
         t.add_row(
             d["name"], d["family"], d["split_by"], ", ".join(d["provides"]), f"{d['shots']}/{d['unseen_shots']}", d["description"]
         )
     console.print(t)
     console.print("A directory in the bring-your-own-data format is also a dataset: --dataset path/to/dir", markup=False)
+    broken = [x["name"] for x in methods + datasets if "error" in x]
+    if broken:
+        console.print(f"{len(broken)} plugin(s) failed to load and are unavailable: {', '.join(broken)} — "
+                      "fix or uninstall them; everything else works", markup=False)
     return 0
 
 

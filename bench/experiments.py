@@ -256,7 +256,11 @@ def build_plan(
                 absent[output].append(method)
             method_notes.setdefault(method, None)
             return False
-        cls = load_method(method)
+        try:
+            cls = load_method(method)
+        except BenchError as e:  # an installed plugin that is broken: its rows are missing, the rest renders
+            skip(output, f"{method}: {e.message}")
+            return False
         why = check_capabilities(cls, ds)
         if why is not None:
             skip(output, f"{method} on {ds.name}: it {why}")

@@ -53,33 +53,48 @@ def _load(group: str, name: str):
     ep = eps[name]
     try:
         return ep.load()
-    except Exception as e:  # a broken plugin must not take the harness down
+    except (Exception, SystemExit) as e:  # a broken plugin must not take the harness down (not even by exiting)
+        kind = "methods" if group == METHOD_GROUP else "datasets"
         raise BenchError(
-            f"plugin '{name}' ({ep.value}) failed to import: {type(e).__name__}: {e}",
-            hint="fix or uninstall that plugin; other methods are unaffected",
+            f"plugin '{name}' ({ep.value}) failed to import: {_one_line(e)}",
+            hint=f"fix or uninstall that plugin (`bench list` shows what is broken); other {kind} are unaffected",
         ) from None
 
 
-def load_method(name: str):
+def _one_line(e: BaseException) -> str:
+    return traceback.format_exception_only(type(e), e)[-1].strip()
+
+
+def method_problem(name: str, obj: object) -> str | None:
+    """Why a loaded ``bench.methods`` entry point is not a usable method, or None."""
     from bench.api import Method
 
+    if not (isinstance(obj, type) and issubclass(obj, Method)):
+        return f"entry point '{name}' does not name a bench.api.Method subclass"
+    if obj.name != name:
+        return f"method class {obj.__name__} declares name '{obj.name}' but is registered as '{name}'"
+    return None
+
+
+def load_method(name: str):
     cls = _load(METHOD_GROUP, name)
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise BenchError(f"entry point '{name}' does not name a bench.api.Method subclass")
-    if cls.name != name:
-        raise BenchError(f"method class {cls.__name__} declares name '{cls.name}' but is registered as '{name}'")
+    problem = method_problem(name, cls)
+    if problem:
+        raise BenchError(problem, hint="fix the plugin's entry point (pyproject.toml [project.entry-points.\"bench.methods\"])")
     return cls
 
 
 def describe(group: str) -> list[PluginInfo]:
+    """Every plugin of ``group``, loaded; one that fails to import (or is not a method) carries its error."""
     out = []
     for name, ep in sorted(_group(group).items()):
         try:
             obj = ep.load()
-            out.append(PluginInfo(name, ep.value, obj, None))
-        except Exception as e:
-            tb = traceback.format_exception_only(type(e), e)[-1].strip()
-            out.append(PluginInfo(name, ep.value, None, tb))
+        except (Exception, SystemExit) as e:
+            out.append(PluginInfo(name, ep.value, None, _one_line(e)))
+            continue
+        problem = method_problem(name, obj) if group == METHOD_GROUP else (None if callable(obj) else "not a loader function")
+        out.append(PluginInfo(name, ep.value, None if problem else obj, problem))
     return out
 
 

@@ -153,7 +153,13 @@ def plan(
     shots, unseen_list = resolve_budgets(cfg, ds)
     groups: list[FitGroup] = []
     for name in cfg.methods:
-        cls = load_method(name)
+        try:
+            cls = load_method(name)
+        except BenchError as e:  # a broken plugin: with --methods all it is skipped, the others run
+            if not cfg.skip_unavailable:
+                raise
+            summary.skipped[name] = f"is broken ({e.message})"
+            continue
         why = check_capabilities(cls, ds, gpu_available)
         if why is not None:
             if cfg.skip_unavailable:

@@ -26,6 +26,10 @@ def extra_methods(monkeypatch):
             for n, target in (("boom", "tests.plugins.fake_methods:Boom"), ("coin", "tests.plugins.fake_methods:Coin")):
                 eps[n] = EntryPoint(name=n, value=target, group=name)
             eps["broken"] = EntryPoint(name="broken", value="tests.plugins.does_not_exist:Nope", group=name)
+            eps["quitter"] = EntryPoint(name="quitter", value="tests.plugins.exits_on_import:Quit", group=name)
+            eps["notamethod"] = EntryPoint(name="notamethod", value="json:dumps", group=name)
+        if name == registry.DATASET_GROUP:
+            eps["brokends"] = EntryPoint(name="brokends", value="tests.plugins.does_not_exist:load", group=name)
         return eps
 
     monkeypatch.setattr(registry, "_group", group)
@@ -124,11 +128,37 @@ def test_nan_scores_count_as_wrong_and_are_recorded(cli, tmp_path, extra_methods
     assert metas[0]["n_invalid_scores"] > 0 and rows["n_invalid"].sum() == metas[0]["n_invalid_scores"]
 
 
-def test_broken_plugin_is_listed_not_fatal(cli, extra_methods):
+def test_broken_plugin_is_listed_not_fatal(cli, extra_methods, tmp_path):
+    """Plugins that fail to import (or exit while importing, or are not methods) break only themselves."""
     code, out, _ = cli("list")
-    assert code == 0 and "broken" in out and "ModuleNotFoundError" in out and "bt" in out
-    code, _, err = cli("run", "--methods", "broken", "--results", "/tmp/never")
-    assert code == 2 and "failed to import" in err
+    assert code == 0 and "bt" in out and "synthetic-prism" in out
+    text = " ".join(out.split())
+    assert "broken" in text and "ModuleNotFoundError" in text and "SystemExit: 3" in text
+    assert "does not name a bench.api.Method subclass" in text and "brokends" in text
+    assert "4 plugin(s) failed to load and are unavailable: broken, notamethod, quitter, brokends" in text
+    code, out, _ = cli("list", "--json")
+    listed = json.loads(out)
+    errors = {m["name"]: m["error"] for m in listed["methods"] + listed["datasets"] if "error" in m}
+    assert set(errors) == {"broken", "quitter", "notamethod", "brokends"}
+    assert {m["name"] for m in listed["methods"] if "error" not in m} >= {"bt", "oracle", "mrm"}
+    # asking for a broken plugin by name: a clear error naming it and the fix, no traceback
+    for argv in (["--methods", "broken"], ["--methods", "bt,quitter"], ["--methods", "notamethod"], ["--dataset", "brokends"]):
+        code, _, err = cli("run", *argv, "--results", tmp_path / "never")
+        assert code == 2 and "Traceback" not in err, err
+        assert ("failed to import" in err and "fix or uninstall" in err) or "does not name a bench.api.Method" in err, err
+
+
+def test_broken_plugins_are_skipped_by_methods_all(extra_methods, tmp_path):
+    """`--methods all` (skip_unavailable) runs every working method and reports the broken ones."""
+    from bench.runner import RunConfig, run
+
+    cfg = RunConfig(methods=["broken", "quitter", "notamethod", "oracle"], dataset=TINY_PRISM, seeds=[0], results=tmp_path,
+                    skip_unavailable=True)
+    logs: list[str] = []
+    s = run(cfg, log=logs.append)
+    assert (s.ran, s.failed) == (1, [])
+    assert set(s.skipped) == {"broken", "quitter", "notamethod"}
+    assert any("skipping broken: it is broken (plugin 'broken'" in line for line in logs)
 
 
 def test_list_does_not_import_torch():
@@ -178,3 +208,16 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path, cli):
     _, out_killed, _ = cli("report", "--results", killed, "--latex", tmp_path / "killed.tex")
     body = lambda p: "\n".join(l for l in Path(p).read_text().splitlines() if not l.startswith("%"))  # noqa: E731
     assert body(tmp_path / "ref.tex") == body(tmp_path / "killed.tex")
+
+
+def test_paper_plan_skips_a_broken_plugin(cli, extra_methods, tmp_path):
+    (tmp_path / "plan.yaml").write_text(
+        "title: t\nrepeats: 1\nsources:\n  synthetic:\n    prism: \"" + TINY_PRISM + "\"\n"
+        "settings:\n  prism: {role: prism, shots: all, unseen_shots: all, label: P}\n"
+        "methods:\n  oracle: {label: Oracle}\n  broken: {label: Broken}\n"
+        "outputs:\n  table1: {kind: table1, title: T, settings: [prism], methods: [oracle, broken], unranked: [oracle]}\n"
+    )
+    code, out, err = cli("paper", "--config", tmp_path / "plan.yaml", "--results", tmp_path / "res", "--plan")
+    assert code == 0, out + err
+    text = " ".join(out.split())
+    assert "broken" in text and "failed to import" in text

@@ -64,8 +64,15 @@ def load_dataset(spec: str) -> Dataset:
 
 
 def describe_datasets() -> list[dict[str, Any]]:
-    out = []
-    for name in dataset_names():
+    """Every registered dataset with its config; a loader plugin that fails to import has ``error``."""
+    from bench.registry import DATASET_GROUP, describe
+
+    out: list[dict[str, Any]] = []
+    for info in describe(DATASET_GROUP):
+        name = info.name
+        if info.error:
+            out.append({"name": name, "target": info.target, "error": info.error})
+            continue
         cfg = dataset_config(name)
         out.append(
             {
