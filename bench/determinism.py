@@ -58,6 +58,13 @@ VOLATILE_SUFFIX = "_seconds"
 """Inside ``method_meta``: keys equal to one of ``VOLATILE_METHOD_META_KEYS`` or ending in
 ``VOLATILE_SUFFIX`` are timings. Row columns ending in ``VOLATILE_SUFFIX`` are timings too."""
 
+CACHE_ACCOUNTING_COLUMNS = ("llm_calls", "llm_cache_hits", "llm_prompt_tokens", "llm_completion_tokens")
+CACHE_ACCOUNTING_KEYS = ("backend_calls", "cache_hits", "prompt_tokens", "completion_tokens")
+"""What an LLM method's cost accounting says about *this* run: requests answered by the backend
+versus the response cache, and the tokens the backend processed. A rerun against a warm response
+cache records 0 calls — its scores and every other field are those of the first run. These are
+compared unless ``warm_cache=True`` (the second of two runs sharing ``$BENCH_CACHE``)."""
+
 CUBLAS_WORKSPACE = ":4096:8"
 
 
@@ -65,20 +72,21 @@ def is_volatile_column(name: str) -> bool:
     return str(name).endswith(VOLATILE_SUFFIX)
 
 
-def _drop_timing_keys(obj: Any) -> Any:
+def _drop_timing_keys(obj: Any, also: tuple[str, ...] = ()) -> Any:
     if isinstance(obj, dict):
         return {
-            k: _drop_timing_keys(v)
+            k: _drop_timing_keys(v, also)
             for k, v in obj.items()
-            if not (k in VOLATILE_METHOD_META_KEYS or str(k).endswith(VOLATILE_SUFFIX))
+            if not (k in VOLATILE_METHOD_META_KEYS or str(k).endswith(VOLATILE_SUFFIX) or k in also)
         }
     if isinstance(obj, list):
-        return [_drop_timing_keys(v) for v in obj]
+        return [_drop_timing_keys(v, also) for v in obj]
     return obj
 
 
-def stable_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """A cell's metadata without its volatile fields (a deep copy)."""
+def stable_meta(meta: dict[str, Any], warm_cache: bool = False) -> dict[str, Any]:
+    """A cell's metadata without its volatile fields (a deep copy); ``warm_cache`` also drops the
+    LLM cost accounting (:data:`CACHE_ACCOUNTING_KEYS`)."""
     out = json.loads(json.dumps(meta))
     for path in VOLATILE_META:
         node = out
@@ -89,13 +97,14 @@ def stable_meta(meta: dict[str, Any]) -> dict[str, Any]:
         if isinstance(node, dict):
             node.pop(path[-1], None)
     if "method_meta" in out:
-        out["method_meta"] = _drop_timing_keys(out["method_meta"])
+        out["method_meta"] = _drop_timing_keys(out["method_meta"], CACHE_ACCOUNTING_KEYS if warm_cache else ())
     return out
 
 
-def stable_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """A cell's rows without volatile columns."""
-    return rows[[c for c in rows.columns if not is_volatile_column(c)]].reset_index(drop=True)
+def stable_rows(rows: pd.DataFrame, warm_cache: bool = False) -> pd.DataFrame:
+    """A cell's rows without volatile columns (and, with ``warm_cache``, the LLM cost accounting)."""
+    drop = set(CACHE_ACCOUNTING_COLUMNS) if warm_cache else set()
+    return rows[[c for c in rows.columns if not is_volatile_column(c) and c not in drop]].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -119,7 +128,7 @@ def _text(v: Any) -> str:
     return repr(v)
 
 
-def compare_cells(a: Path, b: Path) -> list[str]:
+def compare_cells(a: Path, b: Path, warm_cache: bool = False) -> list[str]:
     """Differences between two cell files, volatile fields left out (empty: the same result)."""
     import pyarrow.parquet as pq
 
@@ -129,14 +138,14 @@ def compare_cells(a: Path, b: Path) -> list[str]:
     ma = json.loads((ta.schema.metadata or {}).get(META_KEY, b"{}"))
     mb = json.loads((tb.schema.metadata or {}).get(META_KEY, b"{}"))
     out = []
-    fa, fb = _flat(stable_meta(ma)), _flat(stable_meta(mb))
+    fa, fb = _flat(stable_meta(ma, warm_cache)), _flat(stable_meta(mb, warm_cache))
     for k in sorted(set(fa) | set(fb)):
         if fa.get(k, "<absent>") != fb.get(k, "<absent>"):
             out.append(f"metadata {k}: {fa.get(k, '<absent>')!r} ≠ {fb.get(k, '<absent>')!r}")
     ra, rb = table_to_frame(ta), table_to_frame(tb)
     if list(ra.columns) != list(rb.columns):
         out.append(f"columns {list(ra.columns)} ≠ {list(rb.columns)}")
-    ra, rb = stable_rows(ra), stable_rows(rb)
+    ra, rb = stable_rows(ra, warm_cache), stable_rows(rb, warm_cache)
     if len(ra) != len(rb):
         out.append(f"{len(ra)} rows ≠ {len(rb)} rows")
         return out
@@ -151,7 +160,7 @@ def compare_cells(a: Path, b: Path) -> list[str]:
     return out
 
 
-def compare_results(a: str | Path, b: str | Path) -> list[str]:
+def compare_results(a: str | Path, b: str | Path, warm_cache: bool = False) -> list[str]:
     """Differences between two results directories (cells compared by :func:`compare_cells`, every
     other file byte by byte; claims, quarantine and reports left out). Empty: the same results."""
     a, b = Path(a), Path(b)
@@ -164,7 +173,7 @@ def compare_results(a: str | Path, b: str | Path) -> list[str]:
     out = [f"only in {a}: {p}" for p in sorted(fa - fb)] + [f"only in {b}: {p}" for p in sorted(fb - fa)]
     for rel in sorted(fa & fb):
         if rel.parts[0] == "cells" and rel.suffix == ".parquet":
-            out.extend(f"{rel}: {d}" for d in compare_cells(a / rel, b / rel))
+            out.extend(f"{rel}: {d}" for d in compare_cells(a / rel, b / rel, warm_cache))
         elif (a / rel).read_bytes() != (b / rel).read_bytes():
             out.append(f"{rel}: files differ")
     return out

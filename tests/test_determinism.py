@@ -117,6 +117,22 @@ def test_every_file_and_the_rendered_tables_are_identical(twice, cli, tmp_path):
     assert out["a"] == out["b"]
 
 
+def test_llm_rerun_on_a_warm_response_cache_differs_only_in_cost_accounting(cli, tmp_path, monkeypatch):
+    """With the response cache on (the default), the second run is answered from the cache: its
+    scores and rows are the first run's; only what the run *did* (backend calls, cache hits, tokens) differs."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    spec = "text-prefs:users=8,pairs=6,features=none"
+    for d in ("cold", "warm"):
+        code, out, err = cli("run", "--methods", "synthesizeme", "--dataset", spec, "--seeds", "0", "--unseen-shots", UNSEEN,
+                             "--results", tmp_path / d, "--no-table", "--param", "synthesizeme.backend=scripted",
+                             "--param", "synthesizeme.model=hash", "--param", "synthesizeme.cache=true")
+        assert code == 0, out + err
+    diffs = compare_results(tmp_path / "cold", tmp_path / "warm")
+    assert any("column llm_calls" in d for d in diffs) and any("column llm_cache_hits" in d for d in diffs)
+    assert not any(f"column {c}:" in d for d in diffs for c in ("accuracy", "n_correct", "persona", "parse_failure_rate"))
+    assert compare_results(tmp_path / "cold", tmp_path / "warm", warm_cache=True) == []
+
+
 def test_comparison_sees_every_non_volatile_difference(tmp_path):
     """The comparison can fail: a changed row, column or provenance field is reported; timings are not."""
     import pandas as pd
