@@ -248,6 +248,27 @@ class ClaimDir:
             except FileNotFoundError:
                 pass
 
+    def sweep(self) -> int:
+        """Remove stale claims (and stale break locks) that killed owners left here; returns how many.
+
+        A claim on a unit that was written before its owner died is never claimed again, so
+        nothing else would remove it; a run calls this once before it starts."""
+        if not self.dir.is_dir():
+            return 0
+        n = 0
+        for p in sorted(self.dir.glob("*.claim")):
+            key = p.name[: -len(".claim")]
+            if key not in self.held and self.owner(key) is not None and not self.is_live(key):
+                self._break(key)
+                n += not p.exists()
+        for p in self.dir.glob("*.claim.break"):
+            try:
+                if time.time() - p.stat().st_mtime > BREAK_LOCK_STALE_S:
+                    p.unlink()
+            except OSError:
+                pass
+        return n
+
     def release_all(self) -> None:
         for key in list(self.held):
             self.release(key)

@@ -359,6 +359,9 @@ def _prepare(cfg: RunConfig, ex: "Executor", summary: RunSummary, log: Callable[
 
     store = ResultsStore(cfg.results)
     store.ensure_writable()
+    from bench.claims import ClaimDir
+
+    ClaimDir(store.claims_dir).sweep()  # claims that killed runs left on cells they had finished
     ds = load_dataset(cfg.dataset)
     log(describe_dataset(ds))
     skipped_before = set(summary.skipped)

@@ -239,6 +239,7 @@ def finalize(
     """Assemble the chunks into the final arrays (rows = dataset rows), check, write the manifest."""
     feat_name, idx_name, man_name = FILES[store.kind]
     root = store.root
+    remove_leftovers(root, store.kind, partial=False)  # an assembler killed before us left these
     n_rows = len(row_to_item)
     dim = None
     item_logit = np.full(len(store.item_hashes), np.nan, dtype=np.float32)
@@ -255,7 +256,7 @@ def finalize(
         raise DataError(f"{store.dir}: {int((item_pos < 0).sum())} texts were never embedded", hint="rerun bench embed to resume")
     # Write features row by row in dataset order, one chunk at a time (bounded memory).
     out_path = root / feat_name
-    tmp = root / f".{feat_name}.{os.getpid()}.tmp"
+    tmp = root / f".{feat_name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n_rows, dim))
     pos_of_row = item_pos[row_to_item]
     chunk_of_row = pos_of_row // store.chunk_size
@@ -291,7 +292,7 @@ def finalize(
             "n_tokens": item_ntok[row_to_item],
         }
     )
-    index.to_parquet(root / idx_name, index=False)
+    _atomic_write_bytes(root / idx_name, lambda p: index.to_parquet(p, index=False))
     if head is not None and store.kind == "response":
         _atomic_write_bytes(root / "head.npy", lambda p: _save_npy(p, head.astype(np.float32)))
     manifest = {
@@ -312,6 +313,28 @@ def finalize(
     _write_json(root / man_name, manifest)
     shutil.rmtree(store.dir, ignore_errors=True)
     return root
+
+
+def remove_leftovers(root: Path, kind: str, partial: bool = True) -> int:
+    """Delete what a killed extraction of ``kind`` left in ``root``: temporary files of the final
+    arrays and, with ``partial``, the chunk directory (only once the manifest marks the arrays
+    complete). Call it only while no other process can be assembling (holding the finalize claim,
+    or once the manifest exists). Returns the number of entries removed."""
+    root = Path(root)
+    names = list(FILES[kind]) + (["head.npy"] if kind == "response" else [])
+    n = 0
+    for name in names:
+        for tmp in root.glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+                n += 1
+            except OSError:
+                pass
+    part = root / f"partial-{kind}"
+    if partial and part.exists():
+        shutil.rmtree(part, ignore_errors=True)
+        n += 1
+    return n
 
 
 # ---------------------------------------------------------------------------- reading

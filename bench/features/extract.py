@@ -33,7 +33,7 @@ import pandas as pd
 from bench.data import Dataset
 from bench.errors import BenchError, DataError
 from bench.claims import ClaimDir
-from bench.features.cache import FILES, ChunkStore, finalize, model_dir, read_manifest
+from bench.features.cache import FILES, ChunkStore, finalize, model_dir, read_manifest, remove_leftovers
 
 ProgressFn = Callable[[int, int], None]
 
@@ -160,6 +160,8 @@ def extract_features(
     feat_name, idx_name, man_name = FILES[kind]
     if read_manifest(root, kind) is not None:
         if not force:
+            if remove_leftovers(root, kind):  # an extraction killed after its manifest was written
+                log(f"removed the leftovers of an interrupted extraction in {root}")
             log(f"{kind} features already complete in {root}")
             return {"directory": str(root), "embedded": 0, "complete": True, "cached": True}
         for name in (feat_name, idx_name, man_name):
