@@ -177,7 +177,17 @@ class ClaimDir:
 
     # ------------------------------------------------------------------ claiming
     def try_claim(self, key: str, note: str = "") -> bool:
-        """Claim ``key``; False when someone else holds a live claim. Breaks stale claims."""
+        """Claim ``key``; False when someone else holds a live claim. Breaks stale claims.
+
+        Raises :class:`bench.errors.StorageError` when the claim directory cannot be written."""
+        try:
+            return self._try_claim(key, note)
+        except OSError as e:
+            from bench.errors import storage_error
+
+            raise storage_error(e, self.dir, f"the claim on {key}", "choose another directory (--results DIR, BENCH_CACHE=DIR)") from None
+
+    def _try_claim(self, key: str, note: str) -> bool:
         self.dir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             rec = owner_record(note)
@@ -200,8 +210,11 @@ class ClaimDir:
         try:
             os.write(fd, json.dumps(rec).encode())
             os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            self.path(key).unlink(missing_ok=True)  # no empty claim left behind (disk full)
+            raise
+        os.close(fd)
         return True
 
     def _break(self, key: str) -> None:
@@ -245,7 +258,7 @@ class ClaimDir:
         if got is not None and got[0].get("token") == rec["token"]:
             try:
                 p.unlink()
-            except FileNotFoundError:
+            except OSError:  # gone, or the directory turned read-only: the claim goes stale with us
                 pass
 
     def sweep(self) -> int:

@@ -147,6 +147,40 @@ def extract_features(
 ) -> dict[str, Any]:
     """Extract (or resume) ``kind`` features of ``ds`` with ``encoder``; returns a report.
 
+    A write that fails (disk full, read-only cache) raises :class:`bench.errors.StorageError`
+    naming the cache directory; the chunks written so far are kept for the rerun.
+    """
+    try:
+        return _extract_features(
+            ds, encoder, kind=kind, chunk_size=chunk_size, batch_tokens=batch_tokens, batch_size=batch_size,
+            check_samples=check_samples, reference=reference, force=force, progress=progress, log=log, poll_s=poll_s,
+        )
+    except OSError as e:
+        from bench.errors import storage_error
+
+        raise storage_error(
+            e, model_dir(ds, encoder.identity), f"{kind} features", "point BENCH_CACHE at a directory with room (`bench embed --dry-run` prints the size)",
+            "the chunks written so far are kept: rerun the same command to resume",
+        ) from None
+
+
+def _extract_features(
+    ds: Dataset,
+    encoder,
+    *,
+    kind: str = "response",
+    chunk_size: int = 1024,
+    batch_tokens: int = 16384,
+    batch_size: int = 64,
+    check_samples: int = 8,
+    reference: Callable[[], Any] | Any | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    log: Callable[[str], None] = print,
+    poll_s: float = 2.0,
+) -> dict[str, Any]:
+    """Extract (or resume) ``kind`` features of ``ds`` with ``encoder``; returns a report.
+
     Several processes may run this on the same dataset and model at once (``bench embed
     --data-parallel N``, or one ``bench embed`` per machine on a shared cache): each claims the
     chunks it embeds (``partial-<kind>/claims/``), so they split the work, and one of them
