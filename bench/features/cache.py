@@ -429,6 +429,11 @@ def find_caches(ds: Dataset, model: str) -> tuple[list[Path], list[Path]]:
             continue
         man_path = sub / "manifest.json"
         plan_path = sub / "partial-response" / "plan.json"
+        if man_path.exists():
+            m = read_manifest(sub)  # an unreadable or altered manifest is reported, not taken for a partial run
+            if m is not None and m.get("identity", {}).get("model") == model:
+                complete.append(sub)
+                continue
         try:
             if man_path.exists():
                 m = json.loads(man_path.read_text())
