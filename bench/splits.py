@@ -198,6 +198,8 @@ def read_split_hash(path: Path) -> str:
         raise IntegrityError(f"split file {path} is unreadable: {e}", hint=f"delete {path}; it will be re-created") from None
     df = table.to_pandas()
     # Every stored row, as stored (files written before this check existed have no "content").
+    if "content" not in info and not set(info) <= {"hash", "seed", "seen_ratio", "dataset", "fingerprint", "version"}:
+        raise IntegrityError(f"split file {path} has no valid content hash (corrupt or edited)", hint=f"delete {path} and rerun")
     if "content" in info:
         try:
             got = _content_digest(df["pair_id"], df["user"], df["seen"], df["half"], df["order"])

@@ -118,6 +118,13 @@ def rows_digest(rows: pd.DataFrame) -> str:
     return digest(text)
 
 
+# The top-level metadata keys of cells written before metadata carried a hash (accepted without one).
+LEGACY_META_KEYS = frozenset(
+    {"cell", "provenance", "params_formula", "params_trained", "n_users", "n_invalid_scores", "method_meta", "finished_at",
+     "timing", "key", "rows_hash"}
+)
+
+
 def meta_digest(meta: dict[str, Any]) -> str:
     """Hash of a cell's metadata (everything but the hash itself; as JSON reads it back)."""
     return digest(canonical_json({k: v for k, v in meta.items() if k != "meta_hash"}))
@@ -186,8 +193,11 @@ class ResultsStore:
             raise IntegrityError(f"result file {path} is unreadable ({type(e).__name__}: {e})", hint=fix) from None
         if not isinstance(meta, dict):
             raise IntegrityError(f"result file {path} has malformed metadata", hint=fix)
-        if "meta_hash" in meta and meta_digest(meta) != meta["meta_hash"]:
-            raise IntegrityError(f"result file {path}: its metadata does not match its recorded hash", hint=fix)
+        if "meta_hash" in meta:
+            if meta_digest(meta) != meta["meta_hash"]:
+                raise IntegrityError(f"result file {path}: its metadata does not match its recorded hash", hint=fix)
+        elif not set(meta) <= LEGACY_META_KEYS:  # a cell from before metadata hashes — or a damaged "meta_hash" key
+            raise IntegrityError(f"result file {path}: its metadata has no valid hash", hint=fix)
         if list(rows.columns[: len(ROW_COLUMNS)]) != ROW_COLUMNS:
             raise IntegrityError(f"result file {path} has unexpected columns", hint=fix)
         h = rows_digest(rows)
