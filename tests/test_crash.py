@@ -124,10 +124,12 @@ def test_sigkill_run_at_random_points_then_rerun(run_server, tmp_path):
 
     rng = random.Random(20261126)
     phases = ["half", "before-rename", "after-rename"]
-    plan = [{"mode": "time", "jobs": 1} for _ in range(13)]
+    plan = [{"mode": "time", "jobs": 1} for _ in range(12)]
     plan += [{"mode": "inject", "jobs": 1, "at": f"cell:{rng.randint(1, N_CELLS)}:{phases[i % 3]}"} for i in range(5)]
-    plan += [{"mode": "time", "jobs": 2, "group": i == 0} for i in range(2)]
-    plan += [{"mode": "interpreter", "jobs": 1} for _ in range(2)]
+    # --jobs 2: kill the process group (rerun with --jobs 2) or the driver only (rerun with --jobs 1)
+    plan += [{"mode": "time", "jobs": 2, "group": True, "rerun_jobs": 2}, {"mode": "time", "jobs": 2, "group": False, "rerun_jobs": 1}]
+    plan += [{"mode": "interpreter", "jobs": 1}]
+    extra = 0
     trials = []
     for i, tr in enumerate(plan):
         res = tmp_path / f"t{i:02d}"
@@ -150,7 +152,7 @@ def test_sigkill_run_at_random_points_then_rerun(run_server, tmp_path):
             status = fs.wait(pid)
         else:
             scale = 3.0 if tr["jobs"] > 1 else 1.0  # spawned workers import torch: a longer run
-            delay = rng.uniform(0.0, 0.9 * t_ref * scale) if i else rng.uniform(0.0, 0.05)  # trial 0: in start-up
+            delay = rng.uniform(0.0, 0.85 * t_ref * scale) if i else rng.uniform(0.0, 0.05)  # trial 0: in start-up
             pid = fs.start(argv, out)
             time.sleep(delay)
             if tr["jobs"] > 1 and tr.get("group"):
@@ -167,8 +169,11 @@ def test_sigkill_run_at_random_points_then_rerun(run_server, tmp_path):
         if tr["jobs"] > 1 and not tr.get("group"):
             time.sleep(0.5)  # orphaned workers may still be storing their unit's cells
             good, bad = _valid(res)
-        # Rerun to completion (a --jobs 2 trial resumes with --jobs 1 once, to mix executors).
-        re_jobs = [] if (tr["jobs"] > 1 and i % 2 == 0) else jobs
+        if status == 0 and tr["mode"] != "inject" and extra < 5:  # it finished before the kill: one more trial
+            plan.append({k: v for k, v in tr.items() if k in ("mode", "jobs", "group", "rerun_jobs")})
+            extra += 1
+        # Rerun to completion.
+        re_jobs = ["--jobs", str(tr["rerun_jobs"])] if tr.get("rerun_jobs", 1) > 1 else []
         pid = fs.start([*RUN, "--results", res, *re_jobs], out)
         code = fs.wait(pid)
         text = out.read_text()
@@ -321,6 +326,7 @@ def test_sigkill_embed_at_random_points_then_rerun(tiny_rm, tmp_path, monkeypatc
         rng = random.Random(9)
         plan = [{"mode": "time"} for _ in range(7)]
         plan += [{"mode": "inject", "at": ph.format(k=rng.randint(1, n_chunks))} for ph in EMBED_PHASES]
+        extra = 0
         trials = []
         for i, tr in enumerate(plan):
             cache = tmp_path / f"e{i:02d}"
@@ -329,12 +335,15 @@ def test_sigkill_embed_at_random_points_then_rerun(tiny_rm, tmp_path, monkeypatc
             if tr["mode"] == "inject":
                 pid = fs.start(embed, out, env={**env, "BENCH_CRASH_AT": tr["at"]})
             else:
-                tr["delay"] = round(rng.uniform(0.0, 0.95 * t_ref), 3)
+                tr["delay"] = round(rng.uniform(0.0, 0.85 * t_ref), 3)
                 pid = fs.start(embed, out, env=env)
                 time.sleep(tr["delay"])
                 os.kill(pid, signal.SIGKILL)
             tr["status"] = fs.wait(pid)
             tr["where"], intact = _embed_where(cache, tr["status"])
+            if tr["status"] == 0 and extra < 5:  # finished before the kill: one more trial
+                plan.append({"mode": "time"})
+                extra += 1
             pid = fs.start(embed, out, env=env)
             code = fs.wait(pid)
             text = " ".join(out.read_text().split())
@@ -370,7 +379,7 @@ def test_sigkill_embed_at_random_points_then_rerun(tiny_rm, tmp_path, monkeypatc
     lines.append(f"bench embed: {len(trials)} trials, {len(kills)} killed; chunks lost = {sum(t['lost'] for t in trials)}; "
                  f"caches identical to the uninterrupted one in {sum(t['identical'] for t in trials)}/{len(trials)}")
     print("\n" + "\n".join(lines))
-    assert len(kills) >= 12, "\n".join(lines)
+    assert len(kills) >= 13, "\n".join(lines)
     assert all(t["lost"] == 0 for t in trials), "\n".join(lines)
     assert all(not t["stray"] for t in trials), [(t["where"], t["stray"]) for t in trials]
     assert all(t["identical"] and t["loads"] for t in trials), "\n".join(lines)
