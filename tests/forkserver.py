@@ -22,9 +22,6 @@ import signal
 import sys
 from pathlib import Path
 
-WHERE = ("cell", "chunk", "features", "index", "manifest", "cleanup")
-
-
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -33,7 +30,7 @@ def install_faults() -> None:
     """Patch bench's writers so that this process SIGKILLs itself at ``BENCH_CRASH_AT``.
 
     ``cell:N:half``            the N-th result cell: half of its temporary file written
-    ``cell:N:before-rename``   the N-th cell's temporary file complete and synced, not yet renamed
+    ``cell:N:before-rename``   the N-th cell's temporary file complete, not yet renamed
     ``cell:N:after-rename``    the N-th cell in place, its failure record and claim not yet cleaned
     ``chunk:N:half``           the N-th feature chunk's ``.npy`` half written (no index yet)
     ``chunk:N:between``        the N-th chunk's ``.npy`` in place, its index not yet written
