@@ -177,7 +177,17 @@ class ClaimDir:
 
     # ------------------------------------------------------------------ claiming
     def try_claim(self, key: str, note: str = "") -> bool:
-        """Claim ``key``; False when someone else holds a live claim. Breaks stale claims."""
+        """Claim ``key``; False when someone else holds a live claim. Breaks stale claims.
+
+        Raises :class:`bench.errors.StorageError` when the claim directory cannot be written."""
+        try:
+            return self._try_claim(key, note)
+        except OSError as e:
+            from bench.errors import storage_error
+
+            raise storage_error(e, self.dir, f"the claim on {key}", "choose another directory (--results DIR, BENCH_CACHE=DIR)") from None
+
+    def _try_claim(self, key: str, note: str) -> bool:
         self.dir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             rec = owner_record(note)
@@ -200,8 +210,11 @@ class ClaimDir:
         try:
             os.write(fd, json.dumps(rec).encode())
             os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            self.path(key).unlink(missing_ok=True)  # no empty claim left behind (disk full)
+            raise
+        os.close(fd)
         return True
 
     def _break(self, key: str) -> None:
@@ -245,8 +258,29 @@ class ClaimDir:
         if got is not None and got[0].get("token") == rec["token"]:
             try:
                 p.unlink()
-            except FileNotFoundError:
+            except OSError:  # gone, or the directory turned read-only: the claim goes stale with us
                 pass
+
+    def sweep(self) -> int:
+        """Remove stale claims (and stale break locks) that killed owners left here; returns how many.
+
+        A claim on a unit that was written before its owner died is never claimed again, so
+        nothing else would remove it; a run calls this once before it starts."""
+        if not self.dir.is_dir():
+            return 0
+        n = 0
+        for p in sorted(self.dir.glob("*.claim")):
+            key = p.name[: -len(".claim")]
+            if key not in self.held and self.owner(key) is not None and not self.is_live(key):
+                self._break(key)
+                n += not p.exists()
+        for p in self.dir.glob("*.claim.break"):
+            try:
+                if time.time() - p.stat().st_mtime > BREAK_LOCK_STALE_S:
+                    p.unlink()
+            except OSError:
+                pass
+        return n
 
     def release_all(self) -> None:
         for key in list(self.held):

@@ -196,6 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return 0
+    except OSError as e:  # a write no verb wrapped itself: a full disk or a read-only directory is no bug
+        from bench.errors import STORAGE_ERRNOS, storage_error
+
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        where = Path(e.filename).parent if e.filename else Path.cwd()
+        err = storage_error(e, where, Path(e.filename).name if e.filename else "a file", "write somewhere else")
+        _console(stderr=True).print(f"error: {err.message}\n  fix: {err.hint}", markup=False, highlight=False)
+        return 2
 
 
 # ---------------------------------------------------------------------------- run

@@ -8,6 +8,7 @@ prints both without a traceback; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -18,6 +19,9 @@ class BenchError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+    def __reduce__(self):  # keep the hint across processes (worker → driver, Ray)
+        return (self.__class__, (self.message, self.hint))
 
     def __str__(self) -> str:
         if self.hint:
@@ -42,3 +46,36 @@ def did_you_mean(name: str, valid: Iterable[str], kind: str) -> BenchError:
         f"unknown {kind} '{name}'.{suggestion}",
         hint=f"valid {kind}s: {', '.join(valid)}",
     )
+
+
+class StorageError(BenchError):
+    """A directory bench must write to is full, read-only or not writable (nothing half-written is kept)."""
+
+
+# errno values that mean "this directory cannot take the write", not a bug
+STORAGE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG") if hasattr(errno, n))
+
+
+def storage_error(exc: OSError, directory, what: str, elsewhere: str, kept: str = "") -> StorageError:
+    """A :class:`StorageError` for an ``OSError`` raised while writing ``what`` under ``directory``.
+
+    ``elsewhere`` says how to write somewhere else (``--results DIR``, ``BENCH_CACHE=DIR``);
+    ``kept`` what survives (e.g. "finished cells are kept; rerun the same command to resume").
+    """
+    code = getattr(exc, "errno", None)
+    reason = exc.strerror or str(exc)
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG):
+        msg = f"no space left to write {what} in {directory} ({reason})"
+        fix = f"free space on the file system holding {directory}, or {elsewhere}"
+    elif code == errno.EROFS:
+        msg = f"{directory} is on a read-only file system: cannot write {what} ({reason})"
+        fix = f"remount it read-write, or {elsewhere}"
+    elif code in (errno.EACCES, errno.EPERM):
+        msg = f"permission denied writing {what} in {directory} ({reason})"
+        fix = f"make it writable (chmod -R u+w {directory}), or {elsewhere}"
+    else:
+        msg = f"cannot write {what} in {directory} ({reason})"
+        fix = elsewhere
+    if kept:
+        fix += f"; {kept}"
+    return StorageError(msg, hint=fix)

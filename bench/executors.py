@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
+from bench.errors import BenchError, IntegrityError, StorageError
 
 # Environment variables read by BLAS / OpenMP runtimes when they load; set before a worker imports NumPy.
 THREAD_ENV = (
@@ -151,9 +151,21 @@ class UnitResult:
 
 @dataclass
 class Crash:
-    """A unit whose worker died (or whose task the cluster lost) before reporting."""
+    """A unit whose worker died (or whose task the cluster lost) before reporting — or stopped on
+    an error that ends the whole run (``fatal``: a full or read-only results directory, a corrupt
+    split file), which the driver raises instead of retrying."""
 
     reason: str
+    fatal: dict[str, str] | None = None  # {"type", "message", "hint"} of a BenchError
+
+    @classmethod
+    def of(cls, e: BenchError) -> "Crash":
+        return cls(f"{type(e).__name__}: {e}", {"type": type(e).__name__, "message": e.message, "hint": e.hint or ""})
+
+    def error(self) -> BenchError:
+        kinds = {c.__name__: c for c in (StorageError, IntegrityError, BenchError)}
+        f = self.fatal or {}
+        return kinds.get(f.get("type", ""), BenchError)(f.get("message", self.reason), hint=f.get("hint") or None)
 
 
 def method_target(cls: type) -> str:
@@ -256,6 +268,8 @@ def run_unit(unit: Unit, log: Callable[[str], None] | None = None) -> UnitResult
             failed = {f["key"]: f for f in summary.failed}
             for c in mine:
                 outcomes.append(CellOutcome(c.key, "failed" if c.key in failed else "done", failed.get(c.key)))
+    except (StorageError, IntegrityError):
+        raise  # the results directory cannot be written, or a stored split is corrupt: the run stops
     except Exception as e:  # loading the dataset or the method failed: every claimed cell fails
         from bench.runner import _record_failure
 
@@ -350,6 +364,8 @@ def _worker_main(conn, threads: int | None) -> None:  # pragma: no cover - runs 
             return
         try:
             res: UnitResult | Crash = run_unit(unit)
+        except (StorageError, IntegrityError) as e:
+            res = Crash.of(e)
         except BaseException as e:  # noqa: BLE001 - report, do not die silently
             res = Crash(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
         try:
@@ -500,11 +516,14 @@ def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
-def _ray_run_unit(unit: Unit) -> UnitResult:  # pragma: no cover - runs in a Ray worker
+def _ray_run_unit(unit: Unit) -> UnitResult | Crash:  # pragma: no cover - runs in a Ray worker
     threads = unit.threads or max(1, int(unit.resources.get("num_cpus", 1)))
     pin_threads(threads)
     os.environ.update({k: str(threads) for k in THREAD_ENV})  # for libraries loaded later
-    return run_unit(unit)
+    try:
+        return run_unit(unit)
+    except (StorageError, IntegrityError) as e:
+        return Crash.of(e)
 
 
 class RayExecutor(Executor):

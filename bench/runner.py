@@ -28,7 +28,7 @@ from bench.api import Context, Method, Queries, UserPairs
 from bench.config import resolve_params
 from bench.data import Dataset
 from bench.determinism import torch_deterministic
-from bench.errors import BenchError
+from bench.errors import BenchError, StorageError
 from bench.hashing import canonical_json, hash_obj, mix64, tag
 from bench.metrics import pair_credit, user_accuracy
 from bench.registry import load_method
@@ -367,6 +367,9 @@ def _prepare(cfg: RunConfig, ex: "Executor", summary: RunSummary, log: Callable[
 
     store = ResultsStore(cfg.results)
     store.ensure_writable()
+    from bench.claims import ClaimDir
+
+    ClaimDir(store.claims_dir).sweep()  # claims that killed runs left on cells they had finished
     ds = load_dataset(cfg.dataset)
     log(describe_dataset(ds))
     skipped_before = set(summary.skipped)
@@ -452,6 +455,8 @@ def _drive(units, ex, summary: RunSummary, progress, log, n_todo: int, retries: 
         if pending:
             for u, res in ex.run(pending, on_start=on_start):
                 state["running"] = max(0, state["running"] - 1)
+                if isinstance(res, Crash) and res.fatal:
+                    raise res.error()  # e.g. the results directory is full: stop, do not retry
                 if isinstance(res, Crash):
                     requeue.extend(_crashed(u, res, attempts, retries, summary, log))
                     continue
@@ -633,7 +638,7 @@ def _run_group(
         seen_train = pair_view(ds, split, split.budget_mask(g.shots, 0) & split.seen[split.user_index])
         method.fit(seen_train, ctx)
         _set_threads(cfg.threads)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StorageError):
         raise
     except Exception as e:
         _record_failure(store, summary, cells, e, log, stage="fit")
@@ -659,8 +664,8 @@ def _run_group(
             meta["timing"] = {"fit_s": fit_s, "adapt_s": t1 - t0, "score_s": t2 - t1, "fit_shared_by": len(cells)}
             store.write_cell(c.key, rows, meta)
             ok += 1
-        except KeyboardInterrupt:
-            raise
+        except (KeyboardInterrupt, StorageError):
+            raise  # a full or read-only results directory stops the run; it is no failure of the method
         except Exception as e:
             _record_failure(store, summary, [c], e, log, stage="adapt/score")
     return ok

@@ -8,7 +8,8 @@ One split = one seed:
 3. per user, one seeded permutation of the train half (``order``); a budget of k takes the
    pairs with ``order < k``, so supports are nested across budgets.
 
-A split is persisted as a Parquet file with a content hash; every result row carries that hash.
+A split is persisted as a Parquet file with two hashes, both verified when it is read: the split hash
+(what defines the split; every result row carries it) and a content hash of every stored row.
 """
 
 from __future__ import annotations
@@ -119,31 +120,47 @@ def split_path(root: Path, dataset: Dataset, seed: int, seen_ratio: float) -> Pa
     return Path(root) / "splits" / f"{dataset.name}-{dataset.fingerprint[:12]}" / f"seed{seed}-r{ratio}.parquet"
 
 
+def _content_digest(pair_id, user, seen, half, order) -> str:
+    """Digest of a split file's columns exactly as stored (every row, not only what the split hash covers)."""
+    return array_digest(
+        np.asarray(pair_id, dtype=object).astype(str).astype(object),
+        np.asarray(user, dtype=object).astype(str).astype(object),
+        np.asarray(seen, dtype=bool),
+        np.asarray(half, dtype=object).astype(str).astype(object),
+        np.asarray(order, dtype=np.int32),
+    )
+
+
 def save_split(split: Split, dataset: Dataset, path: Path) -> None:
+    import json
+
     import pyarrow as pa
 
     from bench.store import atomic_write_table
 
-    table = pa.table(
-        {
-            "pair_id": dataset.pairs["pair_id"].astype(str).to_numpy(),
-            "user": split.users[split.user_index].astype(str),
-            "seen": split.seen[split.user_index],
-            "half": np.where(split.train, "train", "test"),
-            "order": split.order,
-        }
-    )
-    meta = {
-        b"bench_split": (
-            f'{{"hash":"{split.hash}","seed":{split.seed},"seen_ratio":{split.seen_ratio!r},'
-            f'"dataset":"{dataset.name}","fingerprint":"{dataset.fingerprint}","version":"{SPLIT_VERSION}"}}'
-        ).encode()
+    cols = {
+        "pair_id": dataset.pairs["pair_id"].astype(str).to_numpy(),
+        "user": split.users[split.user_index].astype(str),
+        "seen": split.seen[split.user_index],
+        "half": np.where(split.train, "train", "test"),
+        "order": split.order,
     }
+    table = pa.table(cols)
+    info = {
+        "hash": split.hash,
+        "seed": split.seed,
+        "seen_ratio": split.seen_ratio,
+        "dataset": dataset.name,
+        "fingerprint": dataset.fingerprint,
+        "version": SPLIT_VERSION,
+        "content": _content_digest(**cols),
+    }
+    meta = {b"bench_split": json.dumps(info, sort_keys=True).encode()}
     atomic_write_table(table.replace_schema_metadata(meta), Path(path))
 
 
 def load_or_create_split(root: Path | None, dataset: Dataset, seed: int, seen_ratio: float = 0.5) -> Split:
-    """The split for (dataset, seed); persisted under ``root`` and verified against its hash."""
+    """The split for (dataset, seed); persisted under ``root`` and verified against its hashes."""
     split = make_split(dataset, seed, seen_ratio)
     if root is None:
         return split
@@ -154,11 +171,17 @@ def load_or_create_split(root: Path | None, dataset: Dataset, seed: int, seen_ra
             raise IntegrityError(
                 f"split file {path} has hash {stored}, but this dataset and seed give {split.hash}",
                 hint="the dataset changed under the same fingerprint or the file was edited; "
-                "delete the file to re-create it",
+                f"delete {path} to re-create it",
             )
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_split(split, dataset, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_split(split, dataset, path)
+        except OSError as e:
+            from bench.errors import storage_error
+
+            raise storage_error(e, path.parent, f"split file {path.name}", "choose another results directory with --results DIR",
+                                "finished cells are kept: rerun the same command to resume") from None
     return split
 
 
@@ -173,8 +196,21 @@ def read_split_hash(path: Path) -> str:
         table = pq.read_table(path)
     except Exception as e:
         raise IntegrityError(f"split file {path} is unreadable: {e}", hint=f"delete {path}; it will be re-created") from None
-    # Recompute the content hash from the stored columns.
     df = table.to_pandas()
+    # Every stored row, as stored (files written before this check existed have no "content").
+    if "content" not in info and not set(info) <= {"hash", "seed", "seen_ratio", "dataset", "fingerprint", "version"}:
+        raise IntegrityError(f"split file {path} has no valid content hash (corrupt or edited)", hint=f"delete {path} and rerun")
+    if "content" in info:
+        try:
+            got = _content_digest(df["pair_id"], df["user"], df["seen"], df["half"], df["order"])
+        except Exception as e:
+            raise IntegrityError(f"split file {path} is unreadable: {e}", hint=f"delete {path}; it will be re-created") from None
+        if got != info["content"]:
+            raise IntegrityError(
+                f"split file {path} does not match its recorded content hash (corrupt or edited)",
+                hint=f"the file is corrupt; delete {path} and rerun",
+            )
+    # Recompute the split hash from the stored columns.
     users = np.array(sorted(df["user"].unique()), dtype=object)
     seen = df.groupby("user")["seen"].first().reindex(users).to_numpy(dtype=bool)
     h = array_digest(

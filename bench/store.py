@@ -3,8 +3,10 @@
 A *cell* is (dataset, split seed, budgets, method, method version + source hash, params). Its key
 is the hash of the canonical cell dict. Files are written under a unique temporary name and
 renamed into place, so a reader (or a killed writer) never sees half a cell. Each file carries in
-its Parquet metadata the cell dict, provenance and the hash of its rows; a file whose rows no
-longer match is reported, moved to ``quarantine/`` and recomputed — never aggregated.
+its Parquet metadata the cell dict, provenance, the hash of its rows and the hash of that metadata;
+a file whose rows or metadata no longer match is reported, moved to ``quarantine/`` and recomputed
+— never aggregated. A write that fails (disk full, read-only directory) raises
+:class:`bench.errors.StorageError`, leaves no temporary file and stops the run: finished cells stay.
 Failed cells leave ``<key>.failed.json`` (with the traceback) and are retried on the next run.
 While a worker computes a cell it holds ``claims/<key>.claim`` (see :mod:`bench.claims`), so that
 concurrent runs into one directory compute each cell once.
@@ -22,11 +24,13 @@ from typing import Any
 
 import pandas as pd
 
-from bench.errors import BenchError, IntegrityError
+from bench.errors import IntegrityError, storage_error
 from bench.hashing import canonical_json, digest
 
 ENGINE_VERSION = "1"  # bump when the meaning of stored rows changes
 META_KEY = b"bench"
+ELSEWHERE = "choose another results directory with --results DIR"
+KEPT = "finished cells are kept: rerun the same command to resume"
 
 ROW_COLUMNS = [
     "cell",
@@ -114,6 +118,18 @@ def rows_digest(rows: pd.DataFrame) -> str:
     return digest(text)
 
 
+# The top-level metadata keys of cells written before metadata carried a hash (accepted without one).
+LEGACY_META_KEYS = frozenset(
+    {"cell", "provenance", "params_formula", "params_trained", "n_users", "n_invalid_scores", "method_meta", "finished_at",
+     "timing", "key", "rows_hash"}
+)
+
+
+def meta_digest(meta: dict[str, Any]) -> str:
+    """Hash of a cell's metadata (everything but the hash itself; as JSON reads it back)."""
+    return digest(canonical_json({k: v for k, v in meta.items() if k != "meta_hash"}))
+
+
 @dataclass
 class CellStatus:
     key: str
@@ -128,17 +144,15 @@ class ResultsStore:
 
     # ---------------------------------------------------------------- setup
     def ensure_writable(self) -> None:
-        """Fail before any work if results cannot be written here."""
-        try:
-            self.cells_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.cells_dir / f".probe.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except OSError as e:
-            raise BenchError(
-                f"cannot write results to {self.root}: {e.strerror or e}",
-                hint="choose a writable directory with --results DIR, or fix its permissions",
-            ) from None
+        """Fail before any work if results (cells, claims) cannot be written here."""
+        for d in (self.cells_dir, self.claims_dir):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                probe = d / f".probe.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+                probe.write_bytes(b"ok")
+                probe.unlink()
+            except OSError as e:
+                raise storage_error(e, self.root, "results", ELSEWHERE) from None
 
     def cell_path(self, key: str) -> Path:
         return self.cells_dir / f"{key}.parquet"
@@ -164,9 +178,10 @@ class ResultsStore:
 
     # ---------------------------------------------------------------- reading
     def read_cell(self, path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """Rows and metadata of one cell file, verified against the recorded rows hash."""
+        """Rows and metadata of one cell file, verified against the recorded rows and metadata hashes."""
         import pyarrow.parquet as pq
 
+        fix = "rerun the same `bench run` command: it moves the file to quarantine/ and recomputes the cell"
         try:
             table = pq.read_table(path)
             raw = (table.schema.metadata or {}).get(META_KEY)
@@ -175,14 +190,21 @@ class ResultsStore:
             meta = json.loads(raw)
             rows = table_to_frame(table)
         except Exception as e:  # truncated, not parquet, bad JSON …
-            raise IntegrityError(f"result file {path.name} is unreadable ({type(e).__name__}: {e})") from None
+            raise IntegrityError(f"result file {path} is unreadable ({type(e).__name__}: {e})", hint=fix) from None
+        if not isinstance(meta, dict):
+            raise IntegrityError(f"result file {path} has malformed metadata", hint=fix)
+        if "meta_hash" in meta:
+            if meta_digest(meta) != meta["meta_hash"]:
+                raise IntegrityError(f"result file {path}: its metadata does not match its recorded hash", hint=fix)
+        elif not set(meta) <= LEGACY_META_KEYS:  # a cell from before metadata hashes — or a damaged "meta_hash" key
+            raise IntegrityError(f"result file {path}: its metadata has no valid hash", hint=fix)
         if list(rows.columns[: len(ROW_COLUMNS)]) != ROW_COLUMNS:
-            raise IntegrityError(f"result file {path.name} has unexpected columns")
+            raise IntegrityError(f"result file {path} has unexpected columns", hint=fix)
         h = rows_digest(rows)
         if h != meta.get("rows_hash"):
-            raise IntegrityError(f"result file {path.name}: rows do not match their recorded hash")
+            raise IntegrityError(f"result file {path}: rows do not match their recorded hash", hint=fix)
         if meta.get("key") != path.stem:
-            raise IntegrityError(f"result file {path.name} holds cell {meta.get('key')}")
+            raise IntegrityError(f"result file {path} holds cell {meta.get('key')}", hint=fix)
         return rows, meta
 
     def status(self, key: str) -> CellStatus:
@@ -199,10 +221,13 @@ class ResultsStore:
 
     def quarantine(self, path: Path, reason: str) -> Path:
         qdir = self.root / "quarantine"
-        qdir.mkdir(parents=True, exist_ok=True)
         dest = qdir / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{uuid.uuid4().hex[:4]}"
-        os.replace(path, dest)
-        atomic_write_text(reason + "\n", dest.with_name(dest.name + ".reason.txt"))
+        try:
+            qdir.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+            atomic_write_text(reason + "\n", dest.with_name(dest.name + ".reason.txt"))
+        except OSError as e:
+            raise storage_error(e, qdir, f"the quarantined copy of {path.name}", f"delete {path} by hand") from None
         return dest
 
     def load(self, quarantine_bad: bool = False) -> tuple[pd.DataFrame, list[dict[str, Any]], list[str]]:
@@ -242,16 +267,22 @@ class ResultsStore:
         rows = rows[ROW_COLUMNS + [c for c in rows.columns if c not in ROW_COLUMNS]].reset_index(drop=True)
         table = pa.Table.from_pandas(rows, preserve_index=False)
         meta = {**meta, "key": key, "rows_hash": rows_digest(table_to_frame(table))}
+        meta = json.loads(canonical_json(meta))  # as it will read back
+        meta["meta_hash"] = meta_digest(meta)
         table = table.replace_schema_metadata({META_KEY: canonical_json(meta).encode()})
         path = self.cell_path(key)
-        atomic_write_table(table, path)
-        fail = self.failure_path(key)
-        if fail.exists():
-            fail.unlink()
+        try:
+            atomic_write_table(table, path)
+            self.failure_path(key).unlink(missing_ok=True)
+        except OSError as e:
+            raise storage_error(e, self.cells_dir, f"result cell {key}", ELSEWHERE, KEPT) from None
         return path
 
     def write_failure(self, key: str, cell: dict[str, Any], error: str, traceback_text: str) -> Path:
         record = {"key": key, "cell": cell, "error": error, "traceback": traceback_text, "time": time.time()}
         path = self.failure_path(key)
-        atomic_write_text(json.dumps(record, indent=1, default=str), path)
+        try:
+            atomic_write_text(json.dumps(record, indent=1, default=str), path)
+        except OSError as e:
+            raise storage_error(e, self.cells_dir, f"the failure record of cell {key}", ELSEWHERE, KEPT) from None
         return path

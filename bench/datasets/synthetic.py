@@ -39,7 +39,7 @@ import pandas as pd
 
 from bench.data import Dataset, Features, load_features
 from bench.errors import BenchError, DataError
-from bench.hashing import file_digest, hash_obj
+from bench.hashing import digest, file_digest, hash_obj
 from bench.progress import note, track
 
 GENERATOR_VERSION = "1"
@@ -299,8 +299,15 @@ def generate(p: WorldParams, out_dir: Path, chunk_rows: int = 8192) -> None:
             if (out_dir / name).exists()
         },
     }
+    meta["digest"] = meta_digest(meta)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     del row_user
+
+
+def meta_digest(meta: dict[str, Any]) -> str:
+    """Hash of a cached dataset's meta.json (all but the digest itself, as JSON reads it back)."""
+    body = json.loads(json.dumps({k: v for k, v in meta.items() if k != "digest"}))
+    return digest(json.dumps(body, sort_keys=True, separators=(",", ":")))
 
 
 def cache_root() -> Path:
@@ -321,19 +328,50 @@ def load(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset:
 
 
 def _generate_atomically(p: WorldParams, directory: Path) -> None:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
     try:
-        generate(p, tmp)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_generations(directory)
+        tmp = directory.parent / f".{directory.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
         try:
-            os.replace(tmp, directory)
+            generate(p, tmp)
+            try:
+                os.replace(tmp, directory)
+            except OSError:
+                # Another process finished the same dataset first: keep theirs.
+                if not (directory / "meta.json").exists():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        from bench.errors import storage_error
+
+        raise storage_error(e, directory.parent, f"the generated dataset {directory.name}",
+                            "point BENCH_CACHE at a writable directory with room") from None
+
+
+def remove_stale_generations(directory: Path, min_age_s: float = 3600.0) -> int:
+    """Delete ``.<name>.<pid>.<tag>.tmp`` directories that generations killed on this host left
+    beside ``directory`` (their pid no longer runs, and they are older than ``min_age_s``, so a
+    generation running elsewhere on a shared cache is never touched)."""
+    n = 0
+    for tmp in directory.parent.glob(f".{directory.name}.*.tmp"):
+        try:
+            pid = int(tmp.name[len(directory.name) + 2 :].split(".")[0])
+            age = time.time() - tmp.stat().st_mtime
+        except (ValueError, OSError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running (or a pid we may not signal: leave it)
+        except ProcessLookupError:
+            pass
         except OSError:
-            # Another process finished the same dataset first: keep theirs.
-            if not (directory / "meta.json").exists():
-                raise
-    finally:
-        if tmp.exists():
+            continue
+        if age >= min_age_s:
             shutil.rmtree(tmp, ignore_errors=True)
+            n += 1
+    return n
 
 
 def _open(name: str, p: WorldParams, fp: str, directory: Path, config: dict[str, Any]) -> Dataset:
@@ -346,6 +384,11 @@ def _open(name: str, p: WorldParams, fp: str, directory: Path, config: dict[str,
             f"cached synthetic dataset {directory} is unreadable: {e}",
             hint=f"delete {directory}; it is regenerated on the next run",
         ) from None
+    if "digest" in meta and meta_digest(meta) != meta["digest"]:  # caches made before the digest have none
+        raise DataError(
+            f"cached dataset file {directory / 'meta.json'} does not match its recorded digest (corrupt or edited)",
+            hint=f"delete {directory}; it is regenerated on the next run",
+        )
     _verify_cache(directory, meta)
     arr = load_features(directory / "features.npy")
     pf = Features(load_features(directory / "prompt_features.npy")) if p.prompt_features else None

@@ -249,6 +249,9 @@ def _write(p: TextPrefsParams, out: Path) -> None:
         "bayes_accuracy": float(t["pairs"]["bayes"].mean()),
         "files": {f: file_digest(out / f) for f in files},
     }
+    from bench.datasets.synthetic import meta_digest
+
+    meta["digest"] = meta_digest(meta)
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
@@ -279,6 +282,10 @@ def load(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset:
         profiles = json.loads((directory / "profiles.json").read_text())
     except Exception as e:
         raise DataError(f"cached text-prefs dataset {directory} is unreadable: {e}", hint=f"delete {directory}; it is rebuilt on the next run") from None
+    from bench.datasets.synthetic import meta_digest
+
+    if "digest" in meta and meta_digest(meta) != meta["digest"]:
+        raise DataError(f"cached file {directory / 'meta.json'} does not match its digest", hint=f"delete {directory}; it is rebuilt on the next run")
     for f, expected in meta["files"].items():
         if file_digest(directory / f) != expected:
             raise DataError(f"cached file {directory / f} does not match its digest", hint=f"delete {directory}; it is rebuilt on the next run")

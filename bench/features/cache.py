@@ -158,6 +158,15 @@ class ChunkStore:
             n = int(meta.get(b"n", b"-1"))
         except Exception as e:
             return f"unreadable index ({type(e).__name__})"
+        if b"table_digest" in meta:
+            try:
+                t = pq.read_table(idx)
+                cols = {c: t.column(c).to_numpy(zero_copy_only=False) for c in ("item", "text_hash", "logit", "n_tokens")}
+                ok = _chunk_digest(cols) == meta[b"table_digest"].decode()
+            except Exception as e:
+                return f"unreadable index ({type(e).__name__})"
+            if not ok:
+                return "index altered (digest mismatch)"
         if not npy.exists():
             return "feature file missing"
         if file_digest(npy) != recorded:
@@ -194,19 +203,27 @@ class ChunkStore:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.table(
-            {
-                "item": items.astype(np.int64),
-                "text_hash": self.item_hashes[items].astype(str),
-                "logit": np.asarray(logits, dtype=np.float32),
-                "n_tokens": np.asarray(n_tokens, dtype=np.int64),
-            }
-        ).replace_schema_metadata({"npy_digest": d, "n": str(len(items))})
+        cols = {
+            "item": items.astype(np.int64),
+            "text_hash": self.item_hashes[items].astype(str),
+            "logit": np.asarray(logits, dtype=np.float32),
+            "n_tokens": np.asarray(n_tokens, dtype=np.int64),
+        }
+        table = pa.table(cols).replace_schema_metadata({"npy_digest": d, "n": str(len(items)), "table_digest": _chunk_digest(cols)})
         _atomic_write_bytes(idx, lambda p: pq.write_table(table, p))
 
     def read(self, k: int) -> tuple[np.ndarray, pd.DataFrame]:
         npy, idx = self._paths(k)
         return np.load(npy, allow_pickle=False), pd.read_parquet(idx)
+
+
+def _chunk_digest(cols: dict[str, np.ndarray]) -> str:
+    return array_digest(
+        np.asarray(cols["item"], dtype=np.int64),
+        np.asarray(cols["text_hash"], dtype=object).astype(str).astype(object),
+        np.asarray(cols["logit"], dtype=np.float32),
+        np.asarray(cols["n_tokens"], dtype=np.int64),
+    )
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -239,6 +256,7 @@ def finalize(
     """Assemble the chunks into the final arrays (rows = dataset rows), check, write the manifest."""
     feat_name, idx_name, man_name = FILES[store.kind]
     root = store.root
+    remove_leftovers(root, store.kind, partial=False)  # an assembler killed before us left these
     n_rows = len(row_to_item)
     dim = None
     item_logit = np.full(len(store.item_hashes), np.nan, dtype=np.float32)
@@ -255,34 +273,38 @@ def finalize(
         raise DataError(f"{store.dir}: {int((item_pos < 0).sum())} texts were never embedded", hint="rerun bench embed to resume")
     # Write features row by row in dataset order, one chunk at a time (bounded memory).
     out_path = root / feat_name
-    tmp = root / f".{feat_name}.{os.getpid()}.tmp"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n_rows, dim))
-    pos_of_row = item_pos[row_to_item]
-    chunk_of_row = pos_of_row // store.chunk_size
-    worst = 0.0
-    for k in range(store.n_chunks):
-        rows = np.flatnonzero(chunk_of_row == k)
-        arr, _ = store.read(k)
-        block = arr[pos_of_row[rows] - k * store.chunk_size]
-        out[rows] = block
-        if head is not None:
-            # score(feature) ≈ logit on every stored (float16) feature.
-            f32 = block.astype(np.float32)
-            got = f32 @ head.astype(np.float32)
-            want = item_logit[row_to_item[rows]]
-            tol = head_tolerance(f32, want)
-            excess = np.abs(got - want) - tol
-            worst = max(worst, float(excess.max(initial=-np.inf)) if len(rows) else worst)
-            if (excess > 0).any():
-                j = int(np.argmax(excess))
-                raise DataError(
-                    f"score(feature) ≠ logit for {int((excess > 0).sum())} stored features "
-                    f"(e.g. row {int(rows[j])}: head gives {got[j]:.5f}, the model gave {want[j]:.5f})",
-                    hint="the features are not the score head's input (wrong token or layer); nothing was marked complete",
-                )
-    out.flush()
-    del out
-    os.replace(tmp, out_path)
+    tmp = root / f".{feat_name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n_rows, dim))
+        pos_of_row = item_pos[row_to_item]
+        chunk_of_row = pos_of_row // store.chunk_size
+        worst = 0.0
+        for k in range(store.n_chunks):
+            rows = np.flatnonzero(chunk_of_row == k)
+            arr, _ = store.read(k)
+            block = arr[pos_of_row[rows] - k * store.chunk_size]
+            out[rows] = block
+            if head is not None:
+                # score(feature) ≈ logit on every stored (float16) feature.
+                f32 = block.astype(np.float32)
+                got = f32 @ head.astype(np.float32)
+                want = item_logit[row_to_item[rows]]
+                tol = head_tolerance(f32, want)
+                excess = np.abs(got - want) - tol
+                worst = max(worst, float(excess.max(initial=-np.inf)) if len(rows) else worst)
+                if (excess > 0).any():
+                    j = int(np.argmax(excess))
+                    raise DataError(
+                        f"score(feature) ≠ logit for {int((excess > 0).sum())} stored features "
+                        f"(e.g. row {int(rows[j])}: head gives {got[j]:.5f}, the model gave {want[j]:.5f})",
+                        hint="the features are not the score head's input (wrong token or layer); nothing was marked complete",
+                    )
+        out.flush()
+        del out
+        os.replace(tmp, out_path)
+    finally:  # an error (or the score check) leaves no half-written array behind
+        if tmp.exists():
+            tmp.unlink()
     index = pd.DataFrame(
         {
             "row": np.arange(n_rows, dtype=np.int64),
@@ -291,7 +313,7 @@ def finalize(
             "n_tokens": item_ntok[row_to_item],
         }
     )
-    index.to_parquet(root / idx_name, index=False)
+    _atomic_write_bytes(root / idx_name, lambda p: index.to_parquet(p, index=False))
     if head is not None and store.kind == "response":
         _atomic_write_bytes(root / "head.npy", lambda p: _save_npy(p, head.astype(np.float32)))
     manifest = {
@@ -304,14 +326,38 @@ def finalize(
         "dim": int(dim),
         "dtype": "float16",
         "texts_embedded": int(len(store.item_hashes)),
-        "files": {feat_name: file_digest(out_path), idx_name: file_digest(root / idx_name)},
+        "files": {feat_name: file_digest(out_path), idx_name: file_digest(root / idx_name),
+                  **({"head.npy": file_digest(root / "head.npy")} if head is not None and store.kind == "response" else {})},
         "text_hashes": array_digest(index["text_hash"].to_numpy(dtype=object)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **info,
     }
+    manifest["digest"] = manifest_digest(manifest)
     _write_json(root / man_name, manifest)
     shutil.rmtree(store.dir, ignore_errors=True)
     return root
+
+
+def remove_leftovers(root: Path, kind: str, partial: bool = True) -> int:
+    """Delete what a killed extraction of ``kind`` left in ``root``: temporary files of the final
+    arrays and, with ``partial``, the chunk directory (only once the manifest marks the arrays
+    complete). Call it only while no other process can be assembling (holding the finalize claim,
+    or once the manifest exists). Returns the number of entries removed."""
+    root = Path(root)
+    names = list(FILES[kind]) + (["head.npy"] if kind == "response" else [])
+    n = 0
+    for name in names:
+        for tmp in root.glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+                n += 1
+            except OSError:
+                pass
+    part = root / f"partial-{kind}"
+    if partial and part.exists():
+        shutil.rmtree(part, ignore_errors=True)
+        n += 1
+    return n
 
 
 # ---------------------------------------------------------------------------- reading
@@ -323,9 +369,24 @@ def read_manifest(directory: Path, kind: str = "response") -> dict[str, Any] | N
         return None
     try:
         man = json.loads(path.read_text())
+        if not isinstance(man, dict):
+            raise ValueError("not an object")
     except (OSError, ValueError):
-        raise DataError(f"{path} is unreadable", hint=f"delete {path.parent} and extract again") from None
+        raise DataError(f"feature cache manifest {path} is unreadable", hint=f"delete {path.parent} and run bench embed again") from None
+    if "digest" in man and manifest_digest(man) != man["digest"]:
+        raise DataError(
+            f"feature cache manifest {path} does not match its recorded digest (corrupt or edited)",
+            hint=f"delete {path.parent} and run bench embed again",
+        )
     return man if man.get("complete") is True else None
+
+
+def manifest_digest(man: dict[str, Any]) -> str:
+    """Hash of a manifest's content (all but the digest itself, as JSON reads it back)."""
+    from bench.hashing import digest
+
+    body = json.loads(json.dumps({k: v for k, v in man.items() if k != "digest"}))
+    return digest(json.dumps(body, sort_keys=True, separators=(",", ":")))
 
 
 def _verify_files(directory: Path, man: dict[str, Any]) -> None:
@@ -368,6 +429,11 @@ def find_caches(ds: Dataset, model: str) -> tuple[list[Path], list[Path]]:
             continue
         man_path = sub / "manifest.json"
         plan_path = sub / "partial-response" / "plan.json"
+        if man_path.exists():
+            m = read_manifest(sub)  # an unreadable or altered manifest is reported, not taken for a partial run
+            if m is not None and m.get("identity", {}).get("model") == model:
+                complete.append(sub)
+                continue
         try:
             if man_path.exists():
                 m = json.loads(man_path.read_text())

@@ -33,7 +33,7 @@ import pandas as pd
 from bench.data import Dataset
 from bench.errors import BenchError, DataError
 from bench.claims import ClaimDir
-from bench.features.cache import FILES, ChunkStore, finalize, model_dir, read_manifest
+from bench.features.cache import FILES, ChunkStore, finalize, model_dir, read_manifest, remove_leftovers
 
 ProgressFn = Callable[[int, int], None]
 
@@ -147,6 +147,40 @@ def extract_features(
 ) -> dict[str, Any]:
     """Extract (or resume) ``kind`` features of ``ds`` with ``encoder``; returns a report.
 
+    A write that fails (disk full, read-only cache) raises :class:`bench.errors.StorageError`
+    naming the cache directory; the chunks written so far are kept for the rerun.
+    """
+    try:
+        return _extract_features(
+            ds, encoder, kind=kind, chunk_size=chunk_size, batch_tokens=batch_tokens, batch_size=batch_size,
+            check_samples=check_samples, reference=reference, force=force, progress=progress, log=log, poll_s=poll_s,
+        )
+    except OSError as e:
+        from bench.errors import storage_error
+
+        raise storage_error(
+            e, model_dir(ds, encoder.identity), f"{kind} features", "point BENCH_CACHE at a directory with room (`bench embed --dry-run` prints the size)",
+            "the chunks written so far are kept: rerun the same command to resume",
+        ) from None
+
+
+def _extract_features(
+    ds: Dataset,
+    encoder,
+    *,
+    kind: str = "response",
+    chunk_size: int = 1024,
+    batch_tokens: int = 16384,
+    batch_size: int = 64,
+    check_samples: int = 8,
+    reference: Callable[[], Any] | Any | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    log: Callable[[str], None] = print,
+    poll_s: float = 2.0,
+) -> dict[str, Any]:
+    """Extract (or resume) ``kind`` features of ``ds`` with ``encoder``; returns a report.
+
     Several processes may run this on the same dataset and model at once (``bench embed
     --data-parallel N``, or one ``bench embed`` per machine on a shared cache): each claims the
     chunks it embeds (``partial-<kind>/claims/``), so they split the work, and one of them
@@ -160,6 +194,8 @@ def extract_features(
     feat_name, idx_name, man_name = FILES[kind]
     if read_manifest(root, kind) is not None:
         if not force:
+            if remove_leftovers(root, kind):  # an extraction killed after its manifest was written
+                log(f"removed the leftovers of an interrupted extraction in {root}")
             log(f"{kind} features already complete in {root}")
             return {"directory": str(root), "embedded": 0, "complete": True, "cached": True}
         for name in (feat_name, idx_name, man_name):
