@@ -553,6 +553,8 @@ def describe_dataset(ds: Dataset) -> str:
     dropped = {k: v for k, v in (s.get("dropped") or {}).items() if v}
     if dropped:
         line += "; dropped " + ", ".join(f"{v:,} {k}" for k, v in dropped.items())
+    if ds.meta.get("ignored_columns"):
+        line += "; ignored columns " + ", ".join(ds.meta["ignored_columns"])
     return line
 
 

@@ -212,18 +212,18 @@ def _check_feature_array(arr: np.ndarray, fname: str) -> None:
         raise DataError(f"{fname} has shape {arr.shape}: no rows or no feature dimensions", hint="write the features again")
 
 
-def _check_feature_values(features: Features, rows: np.ndarray) -> np.ndarray:
-    """Rows (among ``rows``) with NaN/Inf, or float64 values that overflow float32 (→ Inf)."""
-    bad = [features.check_finite(rows)]
-    if features.array.dtype == np.float64:
-        big = np.finfo(np.float32).max
-        rows = np.unique(rows)
-        for start in range(0, len(rows), features.chunk_rows):
-            idx = rows[start : start + features.chunk_rows]
-            with np.errstate(invalid="ignore"):
-                over = (np.abs(features.array[idx]) > big).any(axis=1)
-            bad.append(idx[over])
-    return np.unique(np.concatenate(bad)).astype(np.int64)
+def _overflow_rows(features: Features, rows: np.ndarray) -> np.ndarray:
+    """Rows (among ``rows``) of a float64 matrix whose finite values overflow float32 (→ Inf)."""
+    if features.array.dtype != np.float64:
+        return np.empty(0, dtype=np.int64)
+    big = np.finfo(np.float32).max
+    rows = np.unique(rows)
+    bad = []
+    for start in range(0, len(rows), features.chunk_rows):
+        idx = rows[start : start + features.chunk_rows]
+        with np.errstate(invalid="ignore"):
+            bad.append(idx[(np.abs(features.array[idx]) > big).any(axis=1)])
+    return np.concatenate(bad) if bad else np.empty(0, dtype=np.int64)
 
 
 def load_directory(directory: Path) -> Dataset:
@@ -319,14 +319,13 @@ def load_directory(directory: Path) -> Dataset:
     if arr is not None:
         features = Features(arr)
         used = np.unique(np.r_[chosen, rejected])
-        bad_rows = _check_feature_values(features, used)
-        if len(bad_rows):
-            bad_pairs = np.flatnonzero(np.isin(chosen, bad_rows) | np.isin(rejected, bad_rows))
-            raise DataError(
-                f"{feat_file.name}: NaN/Inf features (or float64 values beyond float32's range) in rows "
-                f"{_preview(bad_rows)} used by pairs {_preview(bad_pairs)}",
-                hint="re-extract those features or drop those pairs",
-            )
+        for bad_rows, what, fix in (
+            (features.check_finite(used), "NaN/Inf features", "re-extract those features or drop those pairs"),
+            (_overflow_rows(features, used), "float64 features beyond float32's range (they would become Inf)", "rescale the features or drop those pairs"),
+        ):
+            if len(bad_rows):
+                bad_pairs = np.flatnonzero(np.isin(chosen, bad_rows) | np.isin(rejected, bad_rows))
+                raise DataError(f"{feat_file.name}: {what} in rows {_preview(bad_rows)} used by pairs {_preview(bad_pairs)}", hint=fix)
 
     split_by = cfg.get("split_by")
     if "split" in cols:
