@@ -553,6 +553,9 @@ def describe_dataset(ds: Dataset) -> str:
     dropped = {k: v for k, v in (s.get("dropped") or {}).items() if v}
     if dropped:
         line += "; dropped " + ", ".join(f"{v:,} {k}" for k, v in dropped.items())
+    notes = {k: v for k, v in (ds.meta.get("notes") or {}).items() if v}
+    if notes:
+        line += "; note: " + ", ".join(f"{v:,} {k}" for k, v in notes.items())
     if ds.meta.get("ignored_columns"):
         line += "; ignored columns " + ", ".join(ds.meta["ignored_columns"])
     return line
@@ -581,6 +584,11 @@ def _budget_notes(cfg: RunConfig, ds: Dataset, summary: RunSummary, groups: list
                 f"{int(short.sum())} of {int((~split.seen).sum())} unseen users have fewer than {u} train pairs "
                 f"(min {int(n_train[short].min())}); they use all they have"
             )
+    if (n_train == 0).any():
+        summary.notes.append(
+            f"{int((n_train == 0).sum())} users have no train pairs (n_support 0): seen ones add nothing to "
+            "training and unseen ones are scored without support (zero-shot)"
+        )
     no_test = np.bincount(split.user_index[~split.train], minlength=len(split.users)) == 0
     if no_test.any():
         summary.notes.append(f"{int(no_test.sum())} users have no test pairs; they have no accuracy (NaN) and are left out of means")

@@ -212,18 +212,38 @@ def _check_feature_array(arr: np.ndarray, fname: str) -> None:
         raise DataError(f"{fname} has shape {arr.shape}: no rows or no feature dimensions", hint="write the features again")
 
 
-def _overflow_rows(features: Features, rows: np.ndarray) -> np.ndarray:
-    """Rows (among ``rows``) of a float64 matrix whose finite values overflow float32 (→ Inf)."""
-    if features.array.dtype != np.float64:
-        return np.empty(0, dtype=np.int64)
-    big = np.finfo(np.float32).max
+def _scan_rows(features: Features, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One chunked pass over the used rows: (rows with NaN/Inf, float64 rows beyond float32's range,
+    a per-row fingerprint aligned with ``rows`` used to find identical rows cheaply)."""
     rows = np.unique(rows)
-    bad = []
+    probe = np.random.default_rng(0).standard_normal(features.dim).astype(np.float32)
+    big = np.finfo(np.float32).max
+    nonfinite, over, fp = [], [], np.empty(len(rows))
     for start in range(0, len(rows), features.chunk_rows):
         idx = rows[start : start + features.chunk_rows]
-        with np.errstate(invalid="ignore"):
-            bad.append(idx[(np.abs(features.array[idx]) > big).any(axis=1)])
-    return np.concatenate(bad) if bad else np.empty(0, dtype=np.int64)
+        block = np.asarray(features.array[idx])
+        ok = np.isfinite(block).all(axis=1)
+        nonfinite.append(idx[~ok])
+        if block.dtype == np.float64:
+            with np.errstate(invalid="ignore"):
+                over.append(idx[ok & (np.abs(block) > big).any(axis=1)])
+        with np.errstate(all="ignore"):
+            fp[start : start + len(idx)] = np.where(ok, block.astype(np.float32) @ probe, np.nan)
+    cat = lambda xs: np.concatenate(xs) if xs else np.empty(0, dtype=np.int64)  # noqa: E731
+    return cat(nonfinite), cat(over), fp
+
+
+def _identical_feature_pairs(features: Features, rows: np.ndarray, fp: np.ndarray, chosen: np.ndarray, rejected: np.ndarray) -> int:
+    """Pairs whose two feature vectors are equal (fingerprints first, then an exact check)."""
+    where = np.searchsorted(rows, chosen), np.searchsorted(rows, rejected)
+    cand = np.flatnonzero(fp[where[0]] == fp[where[1]])
+    if len(cand) == 0:
+        return 0
+    n = 0
+    for start in range(0, len(cand), features.chunk_rows):
+        c = cand[start : start + features.chunk_rows]
+        n += int((np.asarray(features.array[chosen[c]]) == np.asarray(features.array[rejected[c]])).all(axis=1).sum())
+    return n
 
 
 def load_directory(directory: Path) -> Dataset:
@@ -319,13 +339,20 @@ def load_directory(directory: Path) -> Dataset:
     if arr is not None:
         features = Features(arr)
         used = np.unique(np.r_[chosen, rejected])
+        nonfinite, over, fingerprint = _scan_rows(features, used)
         for bad_rows, what, fix in (
-            (features.check_finite(used), "NaN/Inf features", "re-extract those features or drop those pairs"),
-            (_overflow_rows(features, used), "float64 features beyond float32's range (they would become Inf)", "rescale the features or drop those pairs"),
+            (nonfinite, "NaN/Inf features", "re-extract those features or drop those pairs"),
+            (over, "float64 features beyond float32's range (they would become Inf)", "rescale the features or drop those pairs"),
         ):
             if len(bad_rows):
                 bad_pairs = np.flatnonzero(np.isin(chosen, bad_rows) | np.isin(rejected, bad_rows))
                 raise DataError(f"{feat_file.name}: {what} in rows {_preview(bad_rows)} used by pairs {_preview(bad_pairs)}", hint=fix)
+
+    notes: dict[str, int] = {}
+    if features is not None:
+        tie = _identical_feature_pairs(features, used, fingerprint, chosen, rejected)
+        if tie:
+            notes["pairs whose chosen and rejected features are identical (feature-based methods tie on them; a tie counts as wrong)"] = tie
 
     split_by = cfg.get("split_by")
     if "split" in cols:
@@ -404,6 +431,7 @@ def load_directory(directory: Path) -> Dataset:
             "feature_model": str(cfg.get("feature_model", "unknown" if features is not None else "none")),
             "rows_read": n,
             "dropped": dropped,
+            "notes": notes,
             "ignored_columns": ignored,
         },
     )
