@@ -404,7 +404,10 @@ def load_features(path: Path, mmap: bool = True) -> np.ndarray:
         try:
             tensors = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
-            raise DataError(f"cannot read feature file {path}: {e}", hint="the file is truncated or not a safetensors file; save it again with safetensors.numpy.save_file") from None
+            hint = "the file is truncated or not a safetensors file; save it again with safetensors.numpy.save_file"
+            if "bfloat16" in str(e):
+                hint = "bfloat16 cannot be read without torch; convert the tensor to float16 or float32 before saving"
+            raise DataError(f"cannot read feature file {path}: {e}", hint=hint) from None
         if "features" not in tensors:
             raise DataError(f"{path}: no tensor named 'features' (found {sorted(tensors)})", hint="save the matrix under the name 'features'")
         return tensors["features"]

@@ -214,11 +214,12 @@ def _check_feature_array(arr: np.ndarray, fname: str) -> None:
 
 def _scan_rows(features: Features, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One chunked pass over the used rows: (rows with NaN/Inf, float64 rows beyond float32's range,
-    a per-row fingerprint aligned with ``rows`` used to find identical rows cheaply)."""
+    float64 rows with nonzero values below float32's smallest subnormal (read as 0), a per-row
+    fingerprint of the float32 values aligned with ``rows`` to find identical rows cheaply)."""
     rows = np.unique(rows)
     probe = np.random.default_rng(0).standard_normal(features.dim).astype(np.float32)
-    big = np.finfo(np.float32).max
-    nonfinite, over, fp = [], [], np.empty(len(rows))
+    info = np.finfo(np.float32)
+    nonfinite, over, under, fp = [], [], [], np.empty(len(rows))
     for start in range(0, len(rows), features.chunk_rows):
         idx = rows[start : start + features.chunk_rows]
         block = np.asarray(features.array[idx])
@@ -226,11 +227,13 @@ def _scan_rows(features: Features, rows: np.ndarray) -> tuple[np.ndarray, np.nda
         nonfinite.append(idx[~ok])
         if block.dtype == np.float64:
             with np.errstate(invalid="ignore"):
-                over.append(idx[ok & (np.abs(block) > big).any(axis=1)])
+                a = np.abs(block)
+                over.append(idx[ok & (a > info.max).any(axis=1)])
+                under.append(idx[ok & ((a > 0) & (a < info.smallest_subnormal)).any(axis=1)])
         with np.errstate(all="ignore"):
             fp[start : start + len(idx)] = np.where(ok, block.astype(np.float32) @ probe, np.nan)
     cat = lambda xs: np.concatenate(xs) if xs else np.empty(0, dtype=np.int64)  # noqa: E731
-    return cat(nonfinite), cat(over), fp
+    return cat(nonfinite), cat(over), cat(under), fp
 
 
 def _identical_feature_pairs(features: Features, rows: np.ndarray, fp: np.ndarray, chosen: np.ndarray, rejected: np.ndarray) -> int:
@@ -242,7 +245,9 @@ def _identical_feature_pairs(features: Features, rows: np.ndarray, fp: np.ndarra
     n = 0
     for start in range(0, len(cand), features.chunk_rows):
         c = cand[start : start + features.chunk_rows]
-        n += int((np.asarray(features.array[chosen[c]]) == np.asarray(features.array[rejected[c]])).all(axis=1).sum())
+        # What methods see: float32 values.
+        a = np.asarray(features.array[chosen[c]]).astype(np.float32)
+        n += int((a == np.asarray(features.array[rejected[c]]).astype(np.float32)).all(axis=1).sum())
     return n
 
 
@@ -336,10 +341,19 @@ def load_directory(directory: Path) -> Dataset:
     same = np.flatnonzero(chosen == rejected)
     if len(same):
         raise DataError(f"{pair_file.name}: chosen == rejected in rows {_preview(same)}", hint="a pair compares two different responses")
+    # A judgement repeated verbatim (same user, same chosen and rejected rows) is kept once: two
+    # copies could land on both sides of the split and reward memorisation.
+    dropped: dict[str, int] = {}
+    key = pd.DataFrame({"u": user.to_numpy(), "c": chosen, "r": rejected})
+    repeat = key.duplicated(keep="first").to_numpy() if has_idx else np.zeros(n, dtype=bool)
+    if repeat.any():
+        dropped["judgements repeated verbatim (same user, chosen and rejected row; kept once)"] = int(repeat.sum())
+    keep = ~repeat
+
     if arr is not None:
         features = Features(arr)
         used = np.unique(np.r_[chosen, rejected])
-        nonfinite, over, fingerprint = _scan_rows(features, used)
+        nonfinite, over, under, fingerprint = _scan_rows(features, used)
         for bad_rows, what, fix in (
             (nonfinite, "NaN/Inf features", "re-extract those features or drop those pairs"),
             (over, "float64 features beyond float32's range (they would become Inf)", "rescale the features or drop those pairs"),
@@ -349,8 +363,10 @@ def load_directory(directory: Path) -> Dataset:
                 raise DataError(f"{feat_file.name}: {what} in rows {_preview(bad_rows)} used by pairs {_preview(bad_pairs)}", hint=fix)
 
     notes: dict[str, int] = {}
+    if features is not None and len(under):
+        notes["feature rows with float64 values below float32's smallest subnormal (read as 0)"] = int(len(under))
     if features is not None:
-        tie = _identical_feature_pairs(features, used, fingerprint, chosen, rejected)
+        tie = _identical_feature_pairs(features, used, fingerprint, chosen[keep], rejected[keep])
         if tie:
             notes["pairs whose chosen and rejected features are identical (feature-based methods tie on them; a tie counts as wrong)"] = tie
 
@@ -376,6 +392,9 @@ def load_directory(directory: Path) -> Dataset:
         rm = np.full(n_rows, np.nan)
         rc = _score_column(df, "rm_chosen", pair_file.name)
         rr = _score_column(df, "rm_rejected", pair_file.name)
+        tie32 = int((rc.astype(np.float32) == rr.astype(np.float32))[keep].sum())
+        if tie32:
+            notes["pairs whose rm_chosen and rm_rejected are equal in float32 (the rm baseline ties on them; a tie counts as wrong)"] = tie32
         rm[chosen] = rc
         rm[rejected] = rr
         conflict = np.flatnonzero((rm[chosen] != rc) | (rm[rejected] != rr))
@@ -386,15 +405,6 @@ def load_directory(directory: Path) -> Dataset:
     prompts = None
     if "prompt" in cols:
         prompts, responses = _text_columns(df, chosen, rejected, responses, pair_file.name)
-
-    # A judgement repeated verbatim (same user, same chosen and rejected rows) is kept once: two
-    # copies could land on both sides of the split and reward memorisation.
-    dropped: dict[str, int] = {}
-    key = pd.DataFrame({"u": user.to_numpy(), "c": chosen, "r": rejected})
-    repeat = key.duplicated(keep="first").to_numpy() if has_idx else np.zeros(n, dtype=bool)
-    if repeat.any():
-        dropped["judgements repeated verbatim (same user, chosen and rejected row; kept once)"] = int(repeat.sum())
-    keep = ~repeat
 
     pairs = pd.DataFrame(
         {
@@ -448,6 +458,10 @@ def _score_column(df: pd.DataFrame, col: str, fname: str) -> np.ndarray:
             f"{fname}: '{col}' is NaN, Inf, empty or not a number in rows {_preview(bad)}",
             hint="reward-model scores must be finite numbers; drop those pairs or recompute the scores",
         )
+    # Scores are compared in float32 (Dataset.rm_score): beyond its range they would become Inf.
+    over = np.flatnonzero(np.abs(v) > np.finfo(np.float32).max)
+    if len(over):
+        raise DataError(f"{fname}: '{col}' beyond float32's range (it would become Inf) in rows {_preview(over)}", hint="rescale the reward-model scores")
     return v
 
 
