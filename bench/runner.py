@@ -51,15 +51,15 @@ def parse_budget(value: str | int | None, flag: str, allow_zero: bool = False) -
         try:
             num = float(v)
         except ValueError:
-            raise BenchError(f"{flag} must be a positive integer or 'all', got '{value}'") from None
+            raise BenchError(f"{flag} must be a positive integer or 'all', got '{value}'", hint=f"e.g. {flag} 50, or {flag} all") from None
     else:
         num = float(value)
     if not num.is_integer():
-        raise BenchError(f"{flag} must be an integer, got {value}")
+        raise BenchError(f"{flag} must be an integer, got {value}", hint=f"e.g. {flag} 50, or {flag} all")
     n = int(num)
     if n < 0 or (n == 0 and not allow_zero):
         lower = "≥ 0" if allow_zero else "≥ 1"
-        raise BenchError(f"{flag} must be {lower} (or 'all'), got {n}")
+        raise BenchError(f"{flag} must be {lower} (or 'all'), got {n}", hint=f"e.g. {flag} 50, or {flag} all")
     return n
 
 
@@ -157,7 +157,7 @@ def plan(
             if cfg.skip_unavailable:
                 summary.skipped[name] = why
                 continue
-            raise BenchError(f"method '{name}' cannot run on dataset '{ds.name}': it {why}")
+            raise BenchError(f"method '{name}' cannot run on dataset '{ds.name}': it {why}", hint="pick another method or dataset (bench list shows what each needs and provides)")
         overrides = dict(cfg.params.get(name, {}))
         for k, v in cfg.global_params.items():
             if k in cls.param_names():
@@ -187,7 +187,7 @@ def plan(
         used = {k for k in cfg.global_params for g in groups if k in g.cls.param_names()}
         unused = sorted(set(cfg.global_params) - used)
         if unused:
-            raise BenchError(f"--param {', '.join(unused)}: no selected method has such a parameter")
+            raise BenchError(f"--param {', '.join(unused)}: no selected method has such a parameter", hint="check the spelling, or name the method: --param METHOD.KEY=VALUE (bench card METHOD lists its parameters)")
     return groups
 
 

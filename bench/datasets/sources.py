@@ -197,6 +197,7 @@ def iter_json_lines(path: Path):
         raise DataError(f"{path} is empty (0 bytes)", hint="the download was interrupted; download the file again")
     try:
         # utf-8-sig: a byte-order mark (as some editors write) is not a JSON error.
+        n = 0
         with open(path, encoding="utf-8-sig") as f:
             for i, line in enumerate(f, 1):
                 if not line.strip():
@@ -212,7 +213,10 @@ def iter_json_lines(path: Path):
                     raise DataError(f"{path} line {i}: expected a JSON object, got {type(rec).__name__}", hint="one JSON object per line; download the file again")
                 if "\\ud" in line.lower():  # an escaped surrogate: only a complete pair is text
                     check_unicode(rec, f"{path} line {i}")
+                n += 1
                 yield i, rec
+        if n == 0:
+            raise DataError(f"{path} holds no JSON objects (only blank lines)", hint="the download was interrupted; download the file again")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not valid UTF-8 ({e.reason} at byte {e.start})", hint="download the file again") from None
 
@@ -223,6 +227,8 @@ def iter_parquet_rows(path: Path, columns: list[str] | None = None):
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
+        if pf.metadata.num_rows == 0:
+            raise DataError(f"{path} holds no rows", hint="the download was interrupted or the file was overwritten; download it again")
         names = set(pf.schema_arrow.names)
         cols = None if columns is None else [c for c in columns if c in names]
         base = 0

@@ -126,6 +126,9 @@ class WorldParams:
                 raise BenchError(f"synthetic option {name} must be ≥ 1")
         if self.users < 2:
             raise BenchError("a synthetic dataset needs at least 2 users (seen and unseen)")
+        if self.dim < self.latent:
+            # the features embed the response latent: a narrower matrix cannot hold it
+            raise BenchError(f"synthetic option dim ({self.dim}) must be ≥ latent ({self.latent})", hint=f"raise dim to {self.latent} or lower latent, e.g. dim={self.dim},latent={max(2, self.dim // 2)}")
         if self.taste_dims + 1 > self.latent:
             raise BenchError("taste_dims + 1 must not exceed latent")
         if not 0 <= self.hard_fraction <= 1:
