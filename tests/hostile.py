@@ -141,15 +141,40 @@ def table_rows() -> list[tuple[str, str, str, str]]:
     for module in (a, b):
         for loader, test, cases in module.CASE_TABLES:
             for c in cases:
-                what = c.outcome or (f"error: `{c.expect}`" if c.expect else "accepted")
+                what = _gist(c)
                 out.append((c.input, loader, what, f"`{module.__name__.split('.')[-1]}::{test}[{c.id}]`"))
         for row in module.EXTRA_ROWS:
             out.append(row)
     return out
 
 
-if __name__ == "__main__":
-    print("| # | input | loader(s) | what happens | test |")
-    print("| --- | --- | --- | --- | --- |")
+def _gist(c: Case) -> str:
+    if c.outcome:
+        return c.outcome
+    if c.expect is None:
+        return "accepted"
+    return "error: " + re.sub(r"\\(.)", r"\1", c.expect).replace(".*", " … ")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="print the table of docs/reliability.md § Bad inputs")
+    ap.add_argument("--before", help="JSON from tests/hostile_before.py: how main behaved on each case")
+    args = ap.parse_args(argv)
+    before = {}
+    if args.before:
+        raw = json.loads(Path(args.before).read_text())
+        before = {k.split("/")[-1].replace(".py::", "::"): v for k, v in raw.items()}
+    head = "| # | input | loader(s) | what happens | test |" + (" before (main) |" if before else "")
+    print(head)
+    print("| --- " * (6 if before else 5) + "|")
     for i, (inp, loader, what, test) in enumerate(table_rows(), 1):
-        print(f"| {i} | {_md(inp)} | {_md(loader)} | {_md(what)} | {test} |")
+        row = f"| {i} | {_md(inp)} | {_md(loader)} | {_md(what)} | {test} |"
+        if before:
+            row += f" {before.get(test.strip('`'), '?')} |"
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
