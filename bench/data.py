@@ -387,9 +387,12 @@ def load_features(path: Path, mmap: bool = True) -> np.ndarray:
     if path.suffix == ".npy":
         try:
             arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
+        except MemoryError:
+            raise
+        except Exception as e:  # a damaged header raises ValueError, but also SyntaxError, TokenError, TypeError
+            what = e if isinstance(e, (ValueError, OSError, EOFError)) else f"{type(e).__name__}: {e}"
             raise DataError(
-                f"cannot read feature file {path}: {e}",
+                f"cannot read feature file {path}: {what}",
                 hint="the file is truncated or not a .npy array; re-create it with numpy.save",
             ) from None
         return arr

