@@ -29,7 +29,7 @@ from hypothesis.extra import numpy as hnp
 
 from bench.datasets.local import load_directory
 from bench.errors import DataError
-from tests.hostile import Case, Load, assert_clear_error, byo, edit_jsonl, feature_matrix, pairs_table, rewrite, write_features, write_pairs
+from tests.hostile import Case, Load, assert_clear_error, byo, feature_matrix, pairs_table, rewrite, write_features, write_pairs
 
 P = pairs_table  # 3 users × 4 pairs, chosen/rejected rows 0..23
 # Examples per property (HOSTILE_EXAMPLES=2000 for a deeper search than CI's 100).
