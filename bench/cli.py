@@ -64,13 +64,13 @@ def parse_seeds(repeats: int | None, seeds: str | None, default: int = 20) -> li
                 else:
                     out.append(int(part))
             except ValueError:
-                raise BenchError(f"--seeds '{seeds}' is not a list like 0-4,7") from None
+                raise BenchError(f"--seeds '{seeds}' is not a list like 0-4,7", hint="non-negative integers and ranges, e.g. --seeds 0-4,7") from None
         if not out or min(out) < 0:
-            raise BenchError(f"--seeds '{seeds}' must list non-negative integers")
+            raise BenchError(f"--seeds '{seeds}' must list non-negative integers", hint="e.g. --seeds 0-4,7")
         return sorted(set(out))
     n = default if repeats is None else repeats
     if n < 1:
-        raise BenchError(f"--repeats must be ≥ 1, got {n}")
+        raise BenchError(f"--repeats must be ≥ 1, got {n}", hint="e.g. --repeats 5")
     return list(range(n))
 
 
@@ -225,11 +225,11 @@ def cmd_run(args) -> int:
     else:
         unseen = [parse_budget(x, "--unseen-shots", allow_zero=True) for x in str(args.unseen_shots).split(",") if x.strip()]
         if not unseen:
-            raise BenchError("--unseen-shots is empty")
+            raise BenchError("--unseen-shots is empty", hint="a number, 'all', or a list like 5,10,50")
     if args.test_fraction is not None and not 0 < args.test_fraction <= 1:
-        raise BenchError(f"--test-fraction must be in (0, 1], got {args.test_fraction}")
+        raise BenchError(f"--test-fraction must be in (0, 1], got {args.test_fraction}", hint="e.g. --test-fraction 0.25, or leave it out to score every test pair")
     if not 0 < args.seen_ratio < 1:
-        raise BenchError(f"--seen-ratio must be in (0, 1), got {args.seen_ratio}")
+        raise BenchError(f"--seen-ratio must be in (0, 1), got {args.seen_ratio}", hint="the fraction of users that are seen, e.g. --seen-ratio 0.5")
     per_method, global_params = parse_overrides(args.param, methods)
     cfg = RunConfig(
         methods=methods,

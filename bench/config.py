@@ -11,6 +11,8 @@ Always read with ``yaml.safe_load``.
 
 from __future__ import annotations
 
+import math
+import re
 from importlib import resources
 from typing import Any
 
@@ -44,11 +46,65 @@ def experiment_config(name: str) -> dict[str, Any] | None:
     return _read(f"experiments/{name}.yaml")
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def parse_value(text: str) -> Any:
+    """A YAML scalar; plus numbers YAML 1.1 leaves as text, such as ``1e-3`` (no dot)."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def _override_value(method: str, key: str, value: Any, default: Any) -> Any:
+    """``--param`` values must have the type of the parameter's default (ints may be written
+    ``3.0``); NaN/Inf are refused everywhere. A mismatch would otherwise fail deep inside the
+    method, or worse (``iterations=true`` is the integer 1), run with a value nobody meant."""
+
+    def bad(expected: str) -> BenchError:
+        return BenchError(
+            f"--param {method}.{key}={value!r}: expected {expected}, got {type(value).__name__}",
+            hint=f"its default is {default!r}; e.g. --param {method}.{key}={default}",
+        )
+
+    def finite(v: Any) -> None:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise BenchError(f"--param {method}.{key}={v}: NaN and Inf are not parameter values", hint=f"its default is {default!r}")
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                finite(x)
+        if isinstance(v, dict):
+            for x in v.values():
+                finite(x)
+
+    finite(value)
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+            raise bad("an integer")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad("text (quote it if it looks like a number or yes/no)")
+        return value
+    if isinstance(default, (list, tuple)) and not isinstance(value, (list, tuple)):
+        raise bad("a list, e.g. [1, 2]")
+    if isinstance(default, dict) and not isinstance(value, dict):
+        raise bad("a mapping, e.g. {a: 1}")
+    return value
 
 
 def parse_overrides(items: list[str] | None, methods: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -64,7 +120,7 @@ def parse_overrides(items: list[str] | None, methods: list[str]) -> tuple[dict[s
         if "." in lhs:
             m, key = lhs.split(".", 1)
             if m not in per_method:
-                raise BenchError(f"--param {item}: method '{m}' is not among --methods {','.join(methods)}")
+                raise BenchError(f"--param {item}: method '{m}' is not among --methods {','.join(methods)}", hint=f"add {m} to --methods, or write --param KEY=VALUE for every selected method")
             per_method[m][key] = value
         else:
             global_[lhs] = value
@@ -93,5 +149,5 @@ def resolve_params(cls, family: str, overrides: dict[str, Any], dataset: str | N
                 f"method '{cls.name}' has no parameter '{key}'",
                 hint=f"its parameters: {', '.join(sorted(valid)) or '(none)'}",
             )
-        params[key] = value
+        params[key] = _override_value(cls.name, key, value, params.get(key))
     return params

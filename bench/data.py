@@ -41,7 +41,7 @@ class Features:
 
     def __init__(self, array: np.ndarray, chunk_rows: int = 4096):
         if array.ndim != 2:
-            raise DataError(f"feature matrix must be 2-D (rows × dim), got shape {array.shape}")
+            raise DataError(f"feature matrix must be 2-D (rows × dim), got shape {array.shape}", hint="store one feature vector per row")
         self.array = array
         self.chunk_rows = chunk_rows
 
@@ -307,17 +307,17 @@ def _preview(items, k: int = 8) -> str:
 def check_messages(msgs: Any, where: str) -> None:
     """Every prompt is a list of {role, content} messages whose content is a str (never a list)."""
     if not isinstance(msgs, list):
-        raise DataError(f"{where}: messages must be a list, got {type(msgs).__name__}")
+        raise DataError(f"{where}: messages must be a list, got {type(msgs).__name__}", hint='a prompt is a list of {"role", "content"} messages')
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise DataError(f"{where}: message {i} must be a dict with 'role' and 'content'")
+            raise DataError(f"{where}: message {i} must be a dict with 'role' and 'content'", hint='write each message as {"role": "user", "content": "..."}')
         if not isinstance(m["content"], str):
             raise DataError(
                 f"{where}: message {i} content is {type(m['content']).__name__}, not str",
                 hint="a message's content must be a single string (a list would leak format into the RM)",
             )
         if m["role"] not in ("system", "user", "assistant"):
-            raise DataError(f"{where}: message {i} has role {m['role']!r}; use system/user/assistant")
+            raise DataError(f"{where}: message {i} has role {m['role']!r}; use system/user/assistant", hint="rename the role (e.g. model → assistant)")
 
 
 def validate_pairs(pairs: pd.DataFrame, n_rows: int, split_by: str, where: str) -> None:
@@ -325,13 +325,13 @@ def validate_pairs(pairs: pd.DataFrame, n_rows: int, split_by: str, where: str) 
     if missing:
         raise DataError(f"{where}: pairs table lacks columns {missing}", hint=f"required: {list(PAIR_COLUMNS)}")
     if split_by not in SPLIT_STYLES:
-        raise DataError(f"{where}: split_by must be one of {SPLIT_STYLES}, got {split_by!r}")
+        raise DataError(f"{where}: split_by must be one of {SPLIT_STYLES}, got {split_by!r}", hint="group or source")
     if len(pairs) == 0:
-        raise DataError(f"{where}: the dataset has no pairs")
+        raise DataError(f"{where}: the dataset has no pairs", hint="check the files and the dataset options")
     for col in ("user", "group", "pair_id"):
         nulls = np.flatnonzero(pairs[col].isna().to_numpy())
         if len(nulls):
-            raise DataError(f"{where}: column '{col}' is empty in rows {_preview(nulls)}")
+            raise DataError(f"{where}: column '{col}' is empty in rows {_preview(nulls)}", hint=f"give every pair a {col}")
     dup = pairs["pair_id"].duplicated(keep=False).to_numpy()
     if dup.any():
         raise DataError(
@@ -340,7 +340,7 @@ def validate_pairs(pairs: pd.DataFrame, n_rows: int, split_by: str, where: str) 
         )
     for col in ("chosen", "rejected"):
         if not pd.api.types.is_integer_dtype(pairs[col]):
-            raise DataError(f"{where}: column '{col}' must hold integer row numbers, got {pairs[col].dtype}")
+            raise DataError(f"{where}: column '{col}' must hold integer row numbers, got {pairs[col].dtype}", hint="chosen/rejected index rows of the feature matrix")
         v = pairs[col].to_numpy()
         bad = np.flatnonzero((v < 0) | (v >= n_rows))
         if len(bad):
@@ -350,7 +350,7 @@ def validate_pairs(pairs: pd.DataFrame, n_rows: int, split_by: str, where: str) 
             )
     same = np.flatnonzero(pairs["chosen"].to_numpy() == pairs["rejected"].to_numpy())
     if len(same):
-        raise DataError(f"{where}: chosen == rejected in pairs {_preview(same)}")
+        raise DataError(f"{where}: chosen == rejected in pairs {_preview(same)}", hint="a pair compares two different responses; drop those pairs")
     # A group is the unit never split across halves: it must belong to a single user.
     users_per_group = pairs.groupby("group", sort=False)["user"].nunique()
     shared = users_per_group.index[users_per_group.to_numpy() > 1]
@@ -368,11 +368,11 @@ def validate_pairs(pairs: pd.DataFrame, n_rows: int, split_by: str, where: str) 
             )
         per_group = pairs.groupby("group", sort=False)["source_split"].nunique()
         if (per_group > 1).any():
-            raise DataError(f"{where}: a group spans both source splits: {_preview(per_group.index[per_group > 1])}")
+            raise DataError(f"{where}: a group spans both source splits: {_preview(per_group.index[per_group > 1])}", hint="give each group one split value, or use split_by: group")
     if {"true_chosen", "true_rejected"} <= set(pairs.columns):
         t = pairs[["true_chosen", "true_rejected"]].to_numpy(dtype=np.float64)
         if not np.isfinite(t).all():
-            raise DataError(f"{where}: true rewards contain NaN/Inf")
+            raise DataError(f"{where}: true rewards contain NaN/Inf", hint="regenerate the dataset")
 
 
 def messages_to_json(msgs: list[dict[str, str]]) -> str:
@@ -383,13 +383,16 @@ def load_features(path: Path, mmap: bool = True) -> np.ndarray:
     """Open a feature matrix from ``.npy`` (memory-mapped, no pickle) or ``.safetensors``."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"feature file not found: {path}")
+        raise DataError(f"feature file not found: {path}", hint="check the path, or re-create the features")
     if path.suffix == ".npy":
         try:
             arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
+        except MemoryError:
+            raise
+        except Exception as e:  # a damaged header raises ValueError, but also SyntaxError, TokenError, TypeError
+            what = e if isinstance(e, (ValueError, OSError, EOFError)) else f"{type(e).__name__}: {e}"
             raise DataError(
-                f"cannot read feature file {path}: {e}",
+                f"cannot read feature file {path}: {what}",
                 hint="the file is truncated or not a .npy array; re-create it with numpy.save",
             ) from None
         return arr
@@ -404,8 +407,11 @@ def load_features(path: Path, mmap: bool = True) -> np.ndarray:
         try:
             tensors = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
-            raise DataError(f"cannot read feature file {path}: {e}") from None
+            hint = "the file is truncated or not a safetensors file; save it again with safetensors.numpy.save_file"
+            if "bfloat16" in str(e):
+                hint = "bfloat16 cannot be read without torch; convert the tensor to float16 or float32 before saving"
+            raise DataError(f"cannot read feature file {path}: {e}", hint=hint) from None
         if "features" not in tensors:
-            raise DataError(f"{path}: no tensor named 'features' (found {sorted(tensors)})")
+            raise DataError(f"{path}: no tensor named 'features' (found {sorted(tensors)})", hint="save the matrix under the name 'features'")
         return tensors["features"]
     raise DataError(f"unsupported feature file type: {path.name}", hint="use features.npy or features.safetensors")

@@ -52,15 +52,15 @@ def parse_budget(value: str | int | None, flag: str, allow_zero: bool = False) -
         try:
             num = float(v)
         except ValueError:
-            raise BenchError(f"{flag} must be a positive integer or 'all', got '{value}'") from None
+            raise BenchError(f"{flag} must be a positive integer or 'all', got '{value}'", hint=f"e.g. {flag} 50, or {flag} all") from None
     else:
         num = float(value)
     if not num.is_integer():
-        raise BenchError(f"{flag} must be an integer, got {value}")
+        raise BenchError(f"{flag} must be an integer, got {value}", hint=f"e.g. {flag} 50, or {flag} all")
     n = int(num)
     if n < 0 or (n == 0 and not allow_zero):
         lower = "≥ 0" if allow_zero else "≥ 1"
-        raise BenchError(f"{flag} must be {lower} (or 'all'), got {n}")
+        raise BenchError(f"{flag} must be {lower} (or 'all'), got {n}", hint=f"e.g. {flag} 50, or {flag} all")
     return n
 
 
@@ -165,7 +165,7 @@ def plan(
             if cfg.skip_unavailable:
                 summary.skipped[name] = why
                 continue
-            raise BenchError(f"method '{name}' cannot run on dataset '{ds.name}': it {why}")
+            raise BenchError(f"method '{name}' cannot run on dataset '{ds.name}': it {why}", hint="pick another method or dataset (bench list shows what each needs and provides)")
         overrides = dict(cfg.params.get(name, {}))
         for k, v in cfg.global_params.items():
             if k in cls.param_names():
@@ -195,7 +195,7 @@ def plan(
         used = {k for k in cfg.global_params for g in groups if k in g.cls.param_names()}
         unused = sorted(set(cfg.global_params) - used)
         if unused:
-            raise BenchError(f"--param {', '.join(unused)}: no selected method has such a parameter")
+            raise BenchError(f"--param {', '.join(unused)}: no selected method has such a parameter", hint="check the spelling, or name the method: --param METHOD.KEY=VALUE (bench card METHOD lists its parameters)")
     return groups
 
 
@@ -567,6 +567,11 @@ def describe_dataset(ds: Dataset) -> str:
     dropped = {k: v for k, v in (s.get("dropped") or {}).items() if v}
     if dropped:
         line += "; dropped " + ", ".join(f"{v:,} {k}" for k, v in dropped.items())
+    notes = {k: v for k, v in (ds.meta.get("notes") or {}).items() if v}
+    if notes:
+        line += "; note: " + ", ".join(f"{v:,} {k}" for k, v in notes.items())
+    if ds.meta.get("ignored_columns"):
+        line += "; ignored columns " + ", ".join(ds.meta["ignored_columns"])
     return line
 
 
@@ -593,6 +598,11 @@ def _budget_notes(cfg: RunConfig, ds: Dataset, summary: RunSummary, groups: list
                 f"{int(short.sum())} of {int((~split.seen).sum())} unseen users have fewer than {u} train pairs "
                 f"(min {int(n_train[short].min())}); they use all they have"
             )
+    if (n_train == 0).any():
+        summary.notes.append(
+            f"{int((n_train == 0).sum())} users have no train pairs (n_support 0): seen ones add nothing to "
+            "training and unseen ones are scored without support (zero-shot)"
+        )
     no_test = np.bincount(split.user_index[~split.train], minlength=len(split.users)) == 0
     if no_test.any():
         summary.notes.append(f"{int(no_test.sum())} users have no test pairs; they have no accuracy (NaN) and are left out of means")

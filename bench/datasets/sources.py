@@ -38,6 +38,24 @@ class HubSource:
     manual: str  # what to download by hand, in words
 
 
+# Options every text dataset with cached features accepts (bench/datasets/textdata.py).
+FEATURE_OPTIONS = ("features", "feature_key")
+LOCAL_OPTIONS = ("data_dir", "hub")
+
+
+def check_options(name: str, options: dict, allowed: tuple[str, ...]) -> None:
+    """A dataset option the loader does not read is a typo that would silently change nothing."""
+    import difflib
+
+    for key in options:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            raise DataError(
+                f"{name}: unknown dataset option '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""),
+                hint=f"{name} options: {', '.join(allowed) or '(none)'}",
+            )
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench"))
 
@@ -173,8 +191,14 @@ def iter_json_lines(path: Path):
     """Yield (line number, object) for each non-blank line; a malformed line stops with its number."""
     import json
 
+    from bench.datasets.local import check_unicode
+
+    if Path(path).stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes)", hint="the download was interrupted; download the file again")
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (as some editors write) is not a JSON error.
+        n = 0
+        with open(path, encoding="utf-8-sig") as f:
             for i, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -186,8 +210,13 @@ def iter_json_lines(path: Path):
                         hint="the file is truncated or edited; download it again or fix that line",
                     ) from None
                 if not isinstance(rec, dict):
-                    raise DataError(f"{path} line {i}: expected a JSON object, got {type(rec).__name__}")
+                    raise DataError(f"{path} line {i}: expected a JSON object, got {type(rec).__name__}", hint="one JSON object per line; download the file again")
+                if "\\ud" in line.lower():  # an escaped surrogate: only a complete pair is text
+                    check_unicode(rec, f"{path} line {i}")
+                n += 1
                 yield i, rec
+        if n == 0:
+            raise DataError(f"{path} holds no JSON objects (only blank lines)", hint="the download was interrupted; download the file again")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not valid UTF-8 ({e.reason} at byte {e.start})", hint="download the file again") from None
 
@@ -198,6 +227,8 @@ def iter_parquet_rows(path: Path, columns: list[str] | None = None):
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
+        if pf.metadata.num_rows == 0:
+            raise DataError(f"{path} holds no rows", hint="the download was interrupted or the file was overwritten; download it again")
         names = set(pf.schema_arrow.names)
         cols = None if columns is None else [c for c in columns if c in names]
         base = 0

@@ -26,6 +26,7 @@ knows the quality direction only approximately — the analogue of Skywork's sco
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -86,19 +87,35 @@ class WorldParams:
         kw = {}
         for k, v in d.items():
             default = fields[k].default
-            if isinstance(default, tuple):
-                v = tuple(v) if isinstance(v, (list, tuple)) else (v,)
-            elif isinstance(default, bool):
-                v = bool(v)
-            elif isinstance(default, int):
-                if isinstance(v, float) and not v.is_integer():
-                    raise BenchError(f"synthetic option {k} must be an integer, got {v}")
-                v = int(v)
-            elif isinstance(default, float):
-                v = float(v)
+            try:
+                if isinstance(default, tuple):
+                    v = tuple(_as_int(x) for x in (v if isinstance(v, (list, tuple)) else (v,)))
+                elif isinstance(default, bool):
+                    if not isinstance(v, bool):
+                        raise ValueError
+                elif isinstance(default, int):
+                    v = _as_int(v)
+                elif isinstance(default, float):
+                    if isinstance(v, bool):
+                        raise ValueError
+                    v = float(v)
+                    if not math.isfinite(v):
+                        raise ValueError
+                elif not isinstance(v, str):
+                    raise ValueError
+            except (TypeError, ValueError, OverflowError):
+                kind = (
+                    "a list of integers" if isinstance(default, tuple) else "true or false" if isinstance(default, bool)
+                    else "an integer" if isinstance(default, int) else "a finite number" if isinstance(default, float) else "a string"
+                )
+                raise BenchError(f"synthetic option {k} must be {kind}, got {v!r}", hint=f"e.g. {k}={WorldParams().as_dict()[k]} (the default)") from None
             kw[k] = v
         p = cls(**kw)
-        p.check()
+        try:
+            p.check()
+        except BenchError as e:
+            e.hint = e.hint or "see the generator options in bench/datasets/synthetic.py and configs/datasets/synthetic-*.yaml"
+            raise
         return p
 
     def check(self) -> None:
@@ -109,15 +126,39 @@ class WorldParams:
                 raise BenchError(f"synthetic option {name} must be ≥ 1")
         if self.users < 2:
             raise BenchError("a synthetic dataset needs at least 2 users (seen and unseen)")
+        if self.dim < self.latent:
+            # the features embed the response latent: a narrower matrix cannot hold it
+            raise BenchError(f"synthetic option dim ({self.dim}) must be ≥ latent ({self.latent})", hint=f"raise dim to {self.latent} or lower latent, e.g. dim={self.dim},latent={max(2, self.dim // 2)}")
         if self.taste_dims + 1 > self.latent:
             raise BenchError("taste_dims + 1 must not exceed latent")
         if not 0 <= self.hard_fraction <= 1:
             raise BenchError("hard_fraction must be in [0, 1]")
         if self.pairs_min < 2 or self.pairs_max < self.pairs_min:
             raise BenchError("need 2 ≤ pairs_min ≤ pairs_max")
+        if self.seed < 0:
+            raise BenchError(f"synthetic option seed must be ≥ 0, got {self.seed}")
+        for name in ("quality", "taste", "cluster_spread", "beta", "spectrum_decay", "noise", "scale", "rm_error"):
+            if getattr(self, name) < 0:
+                raise BenchError(f"synthetic option {name} must be ≥ 0, got {getattr(self, name)}")
+        for name in ("extra_turn_prob", "train_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise BenchError(f"synthetic option {name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.conversations or min(self.conversations) < 1 or not self.turn0_responses or min(self.turn0_responses) < 2:
+            raise BenchError("synthetic conversations must be ≥ 1 and turn0_responses ≥ 2 (lists to sample from)")
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def _as_int(v: Any) -> int:
+    """An integer option value (``3``, ``3.0``, ``"3"``); anything else raises ValueError/TypeError."""
+    if isinstance(v, bool):
+        raise ValueError
+    if isinstance(v, str):
+        v = float(v)
+    if isinstance(v, float) and not v.is_integer():
+        raise ValueError
+    return int(v)
 
 
 def _orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:

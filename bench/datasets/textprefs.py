@@ -152,17 +152,22 @@ class TextPrefsParams:
                     kw[k] = int(float(v))
                 else:
                     kw[k] = float(v)
-            except (TypeError, ValueError):
-                raise BenchError(f"text-prefs option {k} must be {type(default).__name__}, got {v!r}") from None
+                    if not np.isfinite(kw[k]):
+                        raise ValueError
+            except (TypeError, ValueError, OverflowError):
+                raise BenchError(
+                    f"text-prefs option {k} must be {'a finite ' if isinstance(default, float) else ''}{type(default).__name__}, got {v!r}",
+                    hint=f"e.g. text-prefs:{k}={default}",
+                ) from None
         p = cls(**kw)
         if p.users < 2:
-            raise BenchError("text-prefs needs at least 2 users (seen and unseen)")
+            raise BenchError("text-prefs needs at least 2 users (seen and unseen)", hint="text-prefs:users=12 (the default)")
         if not 2 <= p.pairs <= len(TOPICS):
-            raise BenchError(f"text-prefs pairs per user must be in [2, {len(TOPICS)}] (one pair per question), got {p.pairs}")
+            raise BenchError(f"text-prefs pairs per user must be in [2, {len(TOPICS)}] (one pair per question), got {p.pairs}", hint="text-prefs:pairs=6 (the default)")
         if p.features not in ("minilm", "none"):
-            raise BenchError(f"text-prefs features must be 'minilm' or 'none', got {p.features!r}")
-        if p.beta <= 0 or p.noise < 0 or p.quality < 0:
-            raise BenchError("text-prefs needs beta > 0, noise ≥ 0 and quality ≥ 0")
+            raise BenchError(f"text-prefs features must be 'minilm' or 'none', got {p.features!r}", hint="text-prefs:features=none loads text only")
+        if p.beta <= 0 or p.noise < 0 or p.quality < 0 or p.seed < 0:
+            raise BenchError("text-prefs needs beta > 0, noise ≥ 0, quality ≥ 0 and seed ≥ 0", hint="e.g. text-prefs:beta=1.5,noise=0.35,quality=0.3,seed=0")
         return p
 
 
@@ -282,6 +287,8 @@ def load(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset:
         profiles = json.loads((directory / "profiles.json").read_text())
     except Exception as e:
         raise DataError(f"cached text-prefs dataset {directory} is unreadable: {e}", hint=f"delete {directory}; it is rebuilt on the next run") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict) or "bayes_accuracy" not in meta:
+        raise DataError(f"cached text-prefs dataset {directory}: meta.json lacks its file digests", hint=f"delete {directory}; it is rebuilt on the next run")
     from bench.datasets.synthetic import meta_digest
 
     if "digest" in meta and meta_digest(meta) != meta["digest"]:
