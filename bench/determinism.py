@@ -11,7 +11,8 @@ Volatile fields of a cell file (``RESULTS/cells/<key>.parquet``):
 * metadata ``finished_at`` (epoch seconds), ``timing`` (fit/adapt/score seconds, and how many cells
   shared the fit), ``provenance.worker`` (``host:pid`` of the process that computed the cell);
 * metadata ``rows_hash`` — a hash of the rows, so it changes with a volatile row column; the rows
-  themselves are compared column by column instead;
+  themselves are compared column by column instead; likewise ``meta_hash``, the integrity hash
+  of the metadata itself (it covers the timings), whose other fields are compared one by one;
 * inside ``method_meta``, every key named ``seconds`` or ending in ``_seconds`` (a method's own
   timings, e.g. SynthesizeMe's per-stage LLM seconds);
 * row columns whose names end in ``_seconds`` (e.g. ``llm_seconds``). A method that adds a timing
@@ -50,6 +51,7 @@ VOLATILE_META: tuple[tuple[str, ...], ...] = (
     ("timing",),
     ("provenance", "worker"),
     ("rows_hash",),
+    ("meta_hash",),
 )
 """Paths into a cell's metadata that are removed before two runs are compared."""
 

@@ -177,8 +177,8 @@ def test_comparison_sees_every_non_volatile_difference(tmp_path):
 
 
 def test_volatile_fields_are_only_timings_and_the_worker():
-    assert {p[0] for p in VOLATILE_META} == {"finished_at", "timing", "provenance", "rows_hash"}
-    meta = {"provenance": {"worker": "h:1", "git_commit": "abc", "threads": 2}, "timing": {}, "finished_at": 0, "rows_hash": "x",
+    assert {p[0] for p in VOLATILE_META} == {"finished_at", "timing", "provenance", "rows_hash", "meta_hash"}
+    meta = {"provenance": {"worker": "h:1", "git_commit": "abc", "threads": 2}, "timing": {}, "finished_at": 0, "rows_hash": "x", "meta_hash": "y",
             "method_meta": {"engine_seconds": 1, "n": 2, "sub": [{"seconds": 3, "m": 4}]}}
     assert stable_meta(meta) == {"provenance": {"git_commit": "abc", "threads": 2}, "method_meta": {"n": 2, "sub": [{"m": 4}]}}
 
