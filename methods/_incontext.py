@@ -114,6 +114,24 @@ class RowCache:
         return idx
 
 
+def train_row_cache(name: str, train: UserPairs, ctx, standardize: bool, bf16: bool):
+    """Check that ``train`` can be fitted and build the standardised cache of its rows.
+
+    Returns ``(mean, inv_std, cache)``; raises a clear error when the dataset has no features or
+    no seen user has a train pair within the budget.
+    """
+    if ctx.features is None:
+        raise BenchError(f"{name} needs response features", hint="use a dataset that provides features")
+    if len(train) == 0:
+        raise BenchError(
+            f"{name} has no training pairs: no seen user has a train pair within the budget",
+            hint="raise --shots or use a dataset whose seen users have train pairs",
+        )
+    rows = np.unique(np.r_[train.chosen, train.rejected])
+    mean, inv_std = feature_stats(ctx.features, rows, standardize)
+    return mean, inv_std, RowCache(ctx.features, rows, mean, inv_std, ctx.device, bf16=bf16)
+
+
 def load_rows(features: Features, rows: np.ndarray, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
     """Standardised float32 features of ``rows`` (in the given order)."""
     x = features.take(rows)

@@ -21,17 +21,16 @@ import numpy as np
 from bench.api import Context, Method, ParamCount, Queries, UserPairs
 from bench.errors import BenchError
 from bench.methods._incontext import (
-    RowCache,
     check_positive,
     check_range,
     cosine_lr,
-    feature_stats,
     group_codes,
     load_rows,
     make_adam,
     rng_for,
     support_context,
     torch_seed_everything,
+    train_row_cache,
 )
 
 
@@ -127,19 +126,10 @@ class GPO(Method):
         from bench.methods._gpo_net import GPONet
 
         self._check_params()
-        if ctx.features is None:
-            raise BenchError("GPO needs response features", hint="use a dataset that provides features")
-        if len(train) == 0:
-            raise BenchError(
-                "GPO has no training pairs: no seen user has a train pair within the budget",
-                hint="raise --shots or use a dataset whose seen users have train pairs",
-            )
+        self.mean_, self.inv_std_, cache = train_row_cache("GPO", train, ctx, self.standardize, self.bf16)
         self.ctx_ = ctx
         dev = ctx.device
         feats = ctx.features
-        rows = np.unique(np.r_[train.chosen, train.rejected])
-        self.mean_, self.inv_std_ = feature_stats(feats, rows, self.standardize)
-        cache = RowCache(feats, rows, self.mean_, self.inv_std_, dev, bf16=self.bf16)
         fit_pairs, val_pairs = train, None
         if self.select == "validation":
             fit_pairs, val_pairs = train.carve_validation(self.val_fraction)

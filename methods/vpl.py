@@ -20,17 +20,16 @@ import numpy as np
 from bench.api import Context, Method, ParamCount, Queries, UserPairs
 from bench.errors import BenchError
 from bench.methods._incontext import (
-    RowCache,
     check_positive,
     check_range,
     cosine_lr,
-    feature_stats,
     group_codes,
     load_rows,
     make_adam,
     rng_for,
     support_context,
     torch_seed_everything,
+    train_row_cache,
     user_sorted,
 )
 
@@ -112,19 +111,10 @@ class VPL(Method):
         from bench.methods._vpl_net import VPLNet, annealing, kl_to_prior
 
         self._check_params()
-        if ctx.features is None:
-            raise BenchError("VPL needs response features", hint="use a dataset that provides features")
-        if len(train) == 0:
-            raise BenchError(
-                "VPL has no training pairs: no seen user has a train pair within the budget",
-                hint="raise --shots or use a dataset whose seen users have train pairs",
-            )
+        self.mean_, self.inv_std_, cache = train_row_cache("VPL", train, ctx, self.standardize, self.bf16)
         self.ctx_ = ctx
         dev = ctx.device
         feats = ctx.features
-        rows = np.unique(np.r_[train.chosen, train.rejected])
-        self.mean_, self.inv_std_ = feature_stats(feats, rows, self.standardize)
-        cache = RowCache(feats, rows, self.mean_, self.inv_std_, dev, bf16=self.bf16)
         lc = torch.from_numpy(cache.local(train.chosen)).to(dev)
         lr_ = torch.from_numpy(cache.local(train.rejected)).to(dev)
 
