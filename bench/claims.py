@@ -59,6 +59,8 @@ def _start_time(pid: int) -> str | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs. A zombie (killed, not yet reaped by its parent) does not: it holds
+    nothing any more, and under an init that never reaps it would otherwise look alive forever."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -67,7 +69,12 @@ def _pid_alive(pid: int) -> bool:
         return True
     except OSError:
         return False
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): the signal test is all we have
+    state = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
+    return state not in ("Z", "X", "x")
 
 
 _HOST = socket.gethostname()

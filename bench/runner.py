@@ -357,7 +357,20 @@ def run_many(
     finally:
         if executor is None:
             ex.close()
+        _sweep_claims(cfgs)
     return summary
+
+
+def _sweep_claims(cfgs: list[RunConfig]) -> None:
+    """Once more at the end: claims whose killed owners were still exiting when the run started
+    (a cell written, its claim never released) are stale by now; leave no such file behind."""
+    from bench.claims import ClaimDir
+
+    for root in {Path(c.results) for c in cfgs}:
+        try:
+            ClaimDir(ResultsStore(root).claims_dir).sweep()
+        except OSError:
+            pass  # a read-only or vanished results directory: the next run sweeps
 
 
 def _prepare(cfg: RunConfig, ex: "Executor", summary: RunSummary, log: Callable[[str], None]) -> list["Unit"]:

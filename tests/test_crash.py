@@ -211,7 +211,7 @@ def test_sigkill_run_at_random_points_then_rerun(run_server, tmp_path):
     assert len(kills) >= 20, "\n".join(lines)
     assert {t["where"].split(" (")[0] for t in kills} >= {"start-up", "mid-run", "mid-write"}, "\n".join(lines)
     assert lost == 0 and dup == 0 and partial == 0, "\n".join(lines)
-    assert all(not t["stray"] for t in trials), [t["stray"] for t in trials]
+    assert all(not t["stray"] for t in trials), str({i: (t["where"], t["stray"]) for i, t in enumerate(trials) if t["stray"]})
     assert all(t["recomputed_ok"] for t in trials), [(t["where"], t["rerun_says"], t["cached_before"]) for t in trials]
     assert all(t["rows_equal"] for t in trials)
     assert all(t["table_equal"] for t in trials)
@@ -381,5 +381,5 @@ def test_sigkill_embed_at_random_points_then_rerun(tiny_rm, tmp_path, monkeypatc
     print("\n" + "\n".join(lines))
     assert len(kills) >= 20, "\n".join(lines)
     assert all(t["lost"] == 0 for t in trials), "\n".join(lines)
-    assert all(not t["stray"] for t in trials), [(t["where"], t["stray"]) for t in trials]
+    assert all(not t["stray"] for t in trials), str([(t["where"], t["stray"]) for t in trials if t["stray"]])
     assert all(t["identical"] and t["loads"] for t in trials), "\n".join(lines)

@@ -77,6 +77,52 @@ def test_claims_of_dead_or_reused_pids_and_silent_hosts_are_stale(tmp_path):
     assert json.loads((tmp_path / "dead.claim").read_text())["pid"] == os.getpid()
 
 
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rfind(")") + 2]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_zombie_owner_holds_nothing(tmp_path):
+    """A killed worker whose parent has not reaped it yet still answers kill(pid, 0)."""
+    cd = ClaimDir(tmp_path, stale_after=30)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])  # not waited for: a zombie until we reap it
+    try:
+        deadline = time.time() + 30
+        while _state(proc.pid) != "Z" and time.time() < deadline:
+            time.sleep(0.02)
+        assert _state(proc.pid) == "Z"
+        rec = owner_record()
+        rec.update(pid=proc.pid, started=Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        (tmp_path / "z.claim").write_text(json.dumps(rec))
+        assert not cd.is_live("z") and cd.try_claim("z")
+    finally:
+        proc.wait()
+
+
+def test_a_run_removes_claims_whose_owners_die_while_it_runs(tmp_path):
+    """An owner killed after writing its cell, still exiting when the next run starts: that run's
+    first sweep sees it alive; the claim must still be gone when the run ends."""
+    first = run(_cfg(tmp_path, seeds=(0,)), log=lambda m: None)
+    done = first.keys[0]
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    started = Path(f"/proc/{owner.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    claims = ResultsStore(tmp_path).claims_dir
+    (claims / f"{done}.claim").write_text(json.dumps({**owner_record(), "pid": owner.pid, "started": started}))
+
+    def kill_owner(*_):
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+
+    try:
+        again = run(_cfg(tmp_path, seeds=(0, 1)), log=lambda m: None, progress=kill_owner)
+    finally:
+        kill_owner()
+    assert again.cached == 2 and again.ran == 2
+    assert not any(claims.iterdir()), list(claims.iterdir())
+
+
 def test_threads_per_worker_never_oversubscribes(monkeypatch):
     monkeypatch.setattr("bench.executors.available_cpus", lambda: 8)
     assert threads_per_worker(1, None) is None  # the sequential path keeps the libraries' default
