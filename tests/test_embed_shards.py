@@ -85,6 +85,37 @@ def unsharded(raw, tiny, tmp_path_factory):
         os.environ["BENCH_CACHE"] = old_env or ""
 
 
+def test_a_worker_that_starts_after_the_cache_is_assembled_embeds_nothing(raw, tiny, tmp_path, monkeypatch):
+    """A data-parallel worker that passed the "already complete?" test just before another one
+    assembled the arrays (and removed the chunks) must not embed every chunk again."""
+    import torch
+
+    from bench.commands.embed import load_text_dataset
+    from bench.features import extract as ex
+    from bench.features.encoders import HFEncoder
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        enc = HFEncoder(str(tiny), device="cpu", dtype="float32")
+        ds = load_text_dataset(f"reddit:data_dir={raw}")
+        first = ex.extract_features(ds, enc, log=lambda m: None, **EXTRACT)
+        assert first["embedded"] == first["items"] > 0
+        real, calls = ex.read_manifest, []
+
+        def looked_too_early(root, kind="response"):
+            calls.append(kind)
+            return None if len(calls) == 1 else real(root, kind)
+
+        monkeypatch.setattr(ex, "read_manifest", looked_too_early)
+        late = ex.extract_features(ds, enc, log=lambda m: None, **EXTRACT)
+    finally:
+        torch.set_num_threads(threads)
+    assert late["embedded"] == 0, late
+    assert not list((tmp_path / "cache" / "features").glob("*/*/partial-*"))  # nothing left behind
+
+
 @pytest.mark.slow
 def test_two_workers_write_the_cache_of_one(raw, tiny, unsharded, tmp_path, monkeypatch):
     from bench.features.parallel import extract_parallel

@@ -251,7 +251,10 @@ def _extract_features(
         if not claims.try_claim(f"chunk-{k:05d}"):
             return False
         try:
-            if store.status(k) is not None:  # nobody finished it meanwhile
+            # Nobody finished it meanwhile — and nobody assembled everything: the finalizer writes
+            # the manifest before it removes the chunks, so a chunk missing for that reason is
+            # caught by the second test (a worker that started late must not embed it all again).
+            if store.status(k) is not None and read_manifest(root, kind) is None:
                 embed_chunk(k)
         finally:
             claims.release(f"chunk-{k:05d}")
