@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.claims import ClaimDir, owner_record
+from bench.claims import ClaimDir, _proc_stat, _start_time, owner_record
 from bench.executors import InProcessExecutor, ProcessExecutor, make_executor, threads_per_worker
 from bench.runner import RunConfig, run
 from bench.store import ResultsStore
@@ -77,11 +77,6 @@ def test_claims_of_dead_or_reused_pids_and_silent_hosts_are_stale(tmp_path):
     assert json.loads((tmp_path / "dead.claim").read_text())["pid"] == os.getpid()
 
 
-def _state(pid: int) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rfind(")") + 2]
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_a_zombie_owner_holds_nothing(tmp_path):
     """A killed worker whose parent has not reaped it yet still answers kill(pid, 0)."""
@@ -89,11 +84,10 @@ def test_a_zombie_owner_holds_nothing(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])  # not waited for: a zombie until we reap it
     try:
         deadline = time.time() + 30
-        while _state(proc.pid) != "Z" and time.time() < deadline:
+        while _proc_stat(proc.pid)[0] != "Z" and time.time() < deadline:
             time.sleep(0.02)
-        assert _state(proc.pid) == "Z"
-        rec = owner_record()
-        rec.update(pid=proc.pid, started=Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        assert _proc_stat(proc.pid)[0] == "Z"
+        rec = {**owner_record(), "pid": proc.pid, "started": _start_time(proc.pid)}
         (tmp_path / "z.claim").write_text(json.dumps(rec))
         assert not cd.is_live("z") and cd.try_claim("z")
     finally:
@@ -106,9 +100,8 @@ def test_a_run_removes_claims_whose_owners_die_while_it_runs(tmp_path):
     first = run(_cfg(tmp_path, seeds=(0,)), log=lambda m: None)
     done = first.keys[0]
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    started = Path(f"/proc/{owner.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     claims = ResultsStore(tmp_path).claims_dir
-    (claims / f"{done}.claim").write_text(json.dumps({**owner_record(), "pid": owner.pid, "started": started}))
+    (claims / f"{done}.claim").write_text(json.dumps({**owner_record(), "pid": owner.pid, "started": _start_time(owner.pid)}))
 
     def kill_owner(*_):
         if owner.poll() is None:
