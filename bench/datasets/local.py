@@ -51,7 +51,9 @@ def _read_pairs(path: Path) -> pd.DataFrame:
         raise DataError(f"{path.name} is empty (0 bytes)", hint="the file was truncated or never written; write the pairs table again")
     try:
         if path.suffix == ".parquet":
-            return pd.read_parquet(path)
+            df = pd.read_parquet(path)
+            _check_arrow_text(df, path)
+            return df
         if path.suffix == ".jsonl":
             rows = []
             # utf-8-sig: a byte-order mark (as some editors write) is accepted, not a JSON error.
@@ -81,6 +83,23 @@ def _read_pairs(path: Path) -> pd.DataFrame:
         raise DataError(f"{path.name} is not valid UTF-8 ({e.reason} at byte {e.start})", hint="re-encode the file as UTF-8") from None
     except Exception as e:
         raise DataError(f"cannot read {path}: {type(e).__name__}: {e}", hint="the file is truncated or not in the stated format") from None
+
+
+def _check_arrow_text(df: pd.DataFrame, path: Path) -> None:
+    """Text columns read from Parquet stay Arrow arrays, which are not checked for valid UTF-8 on
+    read; Parquet pages carry no checksum, so a damaged text page would fail only later, inside a
+    string operation. Check them here."""
+    import pyarrow as pa
+
+    for c in df.columns:
+        if df[c].dtype != object and pd.api.types.is_string_dtype(df[c].dtype):
+            try:
+                pa.array(df[c]).validate(full=True)
+            except pa.ArrowInvalid as e:
+                raise DataError(
+                    f"{path.name}: column {c!r} holds text that is not valid UTF-8 ({e})",
+                    hint="the file is damaged or its text was written in another encoding; write the pairs table again",
+                ) from None
 
 
 def check_unicode(obj: Any, where: str) -> None:
