@@ -77,13 +77,30 @@ def save(fig, stem: Path, data: pd.DataFrame) -> list[Path]:
     return [pdf, png, csv]
 
 
-def summarise(values: np.ndarray, expected: int) -> dict:
-    """mean, std (ddof 1), n, expected, complete, and a 95% t-interval over splits."""
+def summarise(values: np.ndarray, expected: int, rows: pd.DataFrame | None = None, metric: str | None = None) -> dict:
+    """mean, std (ddof 1), n, expected, complete, and a 95% interval.
+
+    With the per-user ``rows`` of the line's cells and the ``metric``, the interval is the crossed
+    users × splits t-interval (:func:`bench.comparison.level`: the users' and the splits' variance
+    both count; docs/paper.md § Statistics). Without rows it is a Student t-interval over splits,
+    which is right only for quantities whose splits are independent given the users (the
+    selection-bias curve)."""
     from scipy.special import stdtrit  # Student t quantile (scipy.stats is slow to import)
 
     m, s, n = mean_std(values)
-    half = float(stdtrit(n - 1, 0.975) * s / math.sqrt(n)) if n > 1 and np.isfinite(s) else float("nan")
-    return {"mean": m, "std": s, "ci_low": m - half, "ci_high": m + half, "n_splits": n, "expected": expected,
+    nan = float("nan")
+    if rows is not None and metric is not None:
+        lo = hi = nan
+        if n > 1 and len(rows):
+            from bench.comparison import level
+
+            r = level(rows, metric)
+            if r.ok:
+                lo, hi = r.ci_low, r.ci_high
+    else:
+        half = float(stdtrit(n - 1, 0.975) * s / math.sqrt(n)) if n > 1 and np.isfinite(s) else nan
+        lo, hi = m - half, m + half
+    return {"mean": m, "std": s, "ci_low": lo, "ci_high": hi, "n_splits": n, "expected": expected,
             "complete": bool(n == expected and n > 0)}
 
 
@@ -107,7 +124,10 @@ def _dodge(i: int, n: int, width: float = 0.06) -> float:
 
 def worst_k_data(slots: pd.DataFrame, settings: list[tuple[str, str]], variants: list[tuple[str, str, str]],
                  ks: list[int], population: str = "overall") -> pd.DataFrame:
-    """``settings`` = [(id, label)], ``variants`` = [(label, method, kind)]."""
+    """``settings`` = [(id, label)], ``variants`` = [(label, method, kind)]: mean and s.d. over splits.
+
+    No interval: the crossed interval of one method's worst-k level undercovers with few users
+    (simulated 0.87–0.92 at 40 users; docs/paper.md § Statistics), so Fig. 3 shows ±1 s.d."""
     recs = []
     for sid, slabel in settings:
         for label, method, kind in variants:
@@ -118,8 +138,9 @@ def worst_k_data(slots: pd.DataFrame, settings: list[tuple[str, str]], variants:
             for k in ks:
                 col = f"{population}_worst{k}"
                 vals = done[col].to_numpy(np.float64) if col in done else np.array([])
-                recs.append({"setting": slabel, "variant": label, "method": method, "kind": kind, "k": k,
-                             **summarise(vals, g["seed"].nunique())})
+                stats = summarise(vals, g["seed"].nunique())
+                del stats["ci_low"], stats["ci_high"]
+                recs.append({"setting": slabel, "variant": label, "method": method, "kind": kind, "k": k, **stats})
     return pd.DataFrame.from_records(recs)
 
 
@@ -141,6 +162,8 @@ def plot_worst_k(data: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
                 complete = bool(g["complete"].all())
                 kw = _style_kwargs(complete, colors[v], KIND_MARKER.get(g["kind"].iloc[0], "o"))
                 x = [ks.index(k) + _dodge(vi, len(variants)) for k in g["k"]]
+                # whiskers: ±1 s.d. over splits, descriptive (a 95% interval for a worst-k level does not
+                # hold its level with 40 users in simulation: docs/paper.md § Statistics)
                 ax.errorbar(x, g["mean"] * 100, yerr=g["std"].fillna(0) * 100, capsize=2, elinewidth=0.6,
                             label=_legend_label(v, complete, int(g["n_splits"].min()), int(g["expected"].max())), **kw)
             if _has_data(d):
@@ -317,7 +340,10 @@ def plot_two_metric_sweeps(data: pd.DataFrame, stem: Path, panels: list[dict]) -
 # ---------------------------------------------------------------------------- Fig. 6: few-shot
 
 
-def few_shot_data(slots: pd.DataFrame, settings: list[tuple[str, str]], variants: list[tuple[str, str, str]]) -> pd.DataFrame:
+def few_shot_data(slots: pd.DataFrame, settings: list[tuple[str, str]], variants: list[tuple[str, str, str]],
+                  rows_of=None) -> pd.DataFrame:
+    """Unseen accuracy per support budget; the band is the crossed 95% interval (``rows_of(keys)``
+    gives the cells' per-user rows; without it the band is NaN)."""
     recs = []
     for sid, slabel in settings:
         for label, method, kind in variants:
@@ -326,8 +352,9 @@ def few_shot_data(slots: pd.DataFrame, settings: list[tuple[str, str]], variants
                 g = g0[g0["unseen_label"] == u]
                 done = g[g["state"] == "done"]
                 vals = done["unseen"].to_numpy(np.float64) if "unseen" in done else np.array([])
+                rows = rows_of(list(done["key"])) if rows_of is not None else pd.DataFrame()
                 recs.append({"setting": slabel, "variant": label, "method": method, "kind": kind, "unseen_shots": u,
-                             **summarise(vals, g["seed"].nunique())})
+                             **summarise(vals, g["seed"].nunique(), rows, "unseen")})
     return pd.DataFrame.from_records(recs)
 
 

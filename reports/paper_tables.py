@@ -6,10 +6,11 @@ Rules that keep a table honest:
 * Ranks (bold best, underlined second) use unrounded means and only rows that are *complete* in
   that column — every planned split present. A row with missing splits shows the mean of what it
   has followed by ``(k/S)`` and is never ranked, tested or used for the improvement row.
-* Significance: Nadeau–Bengio corrected resampled t-test over paired split-level differences
-  (two-sided), Holm-adjusted over the family of every comparison shown in the table; the caption
-  names the family, the test, S, α and how n is counted. The Wilcoxon test and the cluster-bootstrap
-  CI of each comparison go to the table's ``*-tests.csv``.
+* Significance: the crossed users × splits t-test on the paired per-user differences (two-sided;
+  bench.comparison, docs/paper.md § Statistics), Holm-adjusted over the family of every comparison
+  shown in the table; the caption names the family, the test, S and α. Each comparison's interval,
+  variance shares and the paper's corrected resampled t (seen/unseen) go to the table's
+  ``*-tests.csv``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bench.comparison import compare, metric_label, nb_description
+from bench.comparison import compare, metric_label
 from bench.metrics import mean_std
 from bench.stats import holm
 
@@ -52,7 +53,6 @@ class Grid:
     extra_rows: list[tuple[str, list[str]]] = field(default_factory=list)
     tests: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    boot_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.markers is None:
@@ -111,7 +111,7 @@ def build_grid(name: str, slots: pd.DataFrame, rows: list[tuple[str, str]], colu
                 [m not in unranked for _, m in rows])
 
 
-def _compare_cells(rs, grid: Grid, i: int, k: int, j: int, n_unit: str, n_boot: int):
+def _compare_cells(rs, grid: Grid, i: int, k: int, j: int, n_unit: str):
     """The paired comparison of rows i and k in column j, or None (with a note) if they are not paired."""
     from bench.errors import BenchError
 
@@ -119,9 +119,7 @@ def _compare_cells(rs, grid: Grid, i: int, k: int, j: int, n_unit: str, n_boot: 
     ra = rs.user_rows(grid.keys[i, j])
     rb = rs.user_rows(grid.keys[k, j])
     try:
-        # one seed and one draw cache per table: all its comparisons share the bootstrap resamples
-        return compare(ra, rb, grid.rows[i], grid.rows[k], metric=col.metric, n_unit=n_unit, n_boot=n_boot,
-                       seed=0, cache=grid.boot_cache)
+        return compare(ra, rb, grid.rows[i], grid.rows[k], metric=col.metric, n_unit=n_unit)
     except BenchError as e:
         note = f"{col.group} · {col.label}: {grid.rows[i]} vs {grid.rows[k]} not tested — {e.message}"
         if note not in grid.notes:
@@ -129,7 +127,7 @@ def _compare_cells(rs, grid: Grid, i: int, k: int, j: int, n_unit: str, n_boot: 
         return None
 
 
-def mark_best_vs_rest(rs, grid: Grid, alpha: float, n_unit: str, n_boot: int) -> None:
+def mark_best_vs_rest(rs, grid: Grid, alpha: float, n_unit: str) -> None:
     """Table 1: the best row of each column against every other complete rankable row; Holm over all."""
     pending = []
     for j, col in enumerate(grid.columns):
@@ -140,7 +138,7 @@ def mark_best_vs_rest(rs, grid: Grid, alpha: float, n_unit: str, n_boot: int) ->
         for k in range(len(grid.rows)):
             if k == best or not grid.rankable[k] or not grid.complete(k, j):
                 continue
-            c = _compare_cells(rs, grid, best, k, j, n_unit, n_boot)
+            c = _compare_cells(rs, grid, best, k, j, n_unit)
             if c is None:
                 grid.markers[best, j] += "?"  # its significance cannot be established: say so, never star it
                 continue
@@ -152,7 +150,7 @@ def mark_best_vs_rest(rs, grid: Grid, alpha: float, n_unit: str, n_boot: int) ->
             grid.markers[tests[0]["row_a"], j] += "*"
 
 
-def mark_against_reference(rs, grid: Grid, reference: int, alpha: float, n_unit: str, n_boot: int) -> None:
+def mark_against_reference(rs, grid: Grid, reference: int, alpha: float, n_unit: str) -> None:
     """Table 2: every other row against the reference row (full MRM); Holm over all; † marks a significant difference."""
     pending = []
     for j in range(len(grid.columns)):
@@ -161,7 +159,7 @@ def mark_against_reference(rs, grid: Grid, reference: int, alpha: float, n_unit:
         for k in range(len(grid.rows)):
             if k == reference or not grid.complete(k, j):
                 continue
-            c = _compare_cells(rs, grid, reference, k, j, n_unit, n_boot)
+            c = _compare_cells(rs, grid, reference, k, j, n_unit)
             if c is not None:
                 pending.append((j, reference, k, c))
     _apply_holm(grid, pending, alpha)
@@ -171,11 +169,11 @@ def mark_against_reference(rs, grid: Grid, reference: int, alpha: float, n_unit:
 
 
 def _apply_holm(grid: Grid, pending, alpha: float) -> None:
-    adj = holm([c.ttest.pvalue for *_, c in pending])
+    adj = holm([c.pvalue for *_, c in pending])
     for (j, i, k, c), p in zip(pending, adj):
         rec = c.record()
         rec.update(column=j, setting=grid.columns[j].setting, group=grid.columns[j].group, row_a=i, row_b=k,
-                   p_nb_holm=float(p), significant=bool(np.isfinite(p) and p < alpha))
+                   p_holm=float(p), significant=bool(np.isfinite(p) and p < alpha))
         grid.tests.append(rec)
 
 
@@ -215,7 +213,7 @@ def table1(rs, output: str) -> Grid:
     grid = build_grid(output, slots, rows, columns, unranked)
     alpha = float(plan.config.get("alpha", 0.05))
     n_unit = str(plan.config.get("n_unit", "users"))
-    mark_best_vs_rest(rs, grid, alpha, n_unit, int(plan.config.get("bootstrap", 1000)))
+    mark_best_vs_rest(rs, grid, alpha, n_unit)
     ours = cfg.get("ours")
     imp = improvement_row(grid, ours) if ours else None
     if imp is not None:
@@ -242,7 +240,7 @@ def table2(rs, output: str) -> Grid:
     ref = cfg.get("reference")
     if ref in grid.methods:
         mark_against_reference(rs, grid, grid.methods.index(ref), float(plan.config.get("alpha", 0.05)),
-                               str(plan.config.get("n_unit", "users")), int(plan.config.get("bootstrap", 1000)))
+                               str(plan.config.get("n_unit", "users")))
     return grid
 
 
@@ -349,15 +347,14 @@ def tests_frame(grid: Grid) -> pd.DataFrame:
     f = pd.DataFrame.from_records(grid.tests)
     f["a"] = [grid.rows[i] for i in f["row_a"]]
     f["b"] = [grid.rows[k] for k in f["row_b"]]
-    cols = ["column", "group", "setting", "metric", "a", "b", "n_splits", "mean_a", "mean_b", "diff", "boot_ci_low", "boot_ci_high",
-            "nb_ci_low", "nb_ci_high", "t", "df", "nb_factor", "n_unit", "n_train", "n_test", "p_nb", "p_nb_holm", "significant",
-            "wilcoxon_stat", "p_wilcoxon", "wilcoxon_method"]
+    cols = ["column", "group", "setting", "metric", "a", "b", "n_splits", "n_users", "mean_a", "mean_b", "diff",
+            "ci_low", "ci_high", "se", "df", "t", "p", "p_holm", "significant", "var_share_users", "var_share_splits",
+            "var_share_error", "note", "p_nb", "nb_factor", "n_unit", "n_train", "n_test"]
     return f[cols]
 
 
 def caption_table1(grid: Grid, plan, output: str, skipped_methods: list[str]) -> str:
     alpha = float(plan.config.get("alpha", 0.05))
-    n_unit = str(plan.config.get("n_unit", "users"))
     S = int(grid.expected.max()) if grid.expected.size else 0
     fam = len(grid.tests)
     cap = (
@@ -369,9 +366,8 @@ def caption_table1(grid: Grid, plan, output: str, skipped_methods: list[str]) ->
         cap += f" ({_latex_escape(', '.join(unranked))}: a ceiling, not ranked or tested)"
     cap += (
         ". $^{*}$: the best row of the column is significantly better than every other complete row "
-        f"(Nadeau--Bengio corrected resampled $t$-test over paired split-level differences, two-sided, "
-        f"{_latex_escape(nb_description(n_unit))}; Holm over the family of all {fam} best-vs-row comparisons "
-        f"in this table; $\\alpha={alpha:g}$)."
+        f"(crossed users $\\times$ splits $t$-test on the paired per-user differences, two-sided; "
+        f"Holm over the family of all {fam} best-vs-row comparisons in this table; $\\alpha={alpha:g}$)."
     )
     if grid.extra_rows:
         ours = _latex_escape(plan.method_label(plan.config["outputs"][output].get("ours", "")))
@@ -388,13 +384,12 @@ def caption_table1(grid: Grid, plan, output: str, skipped_methods: list[str]) ->
 
 def caption_table2(grid: Grid, plan, skipped_methods: list[str] = ()) -> str:
     alpha = float(plan.config.get("alpha", 0.05))
-    n_unit = str(plan.config.get("n_unit", "users"))
     S = int(grid.expected.max()) if grid.expected.size else 0
     cap = (
         f"Ablations of MRM: user-level accuracy (\\%) overall and on the worst 10/20/50\\% of users, mean $\\pm$ std "
         f"over $S={S}$ splits. Bold: best; underlined: second best (complete rows only). $^\\dagger$: differs "
-        f"significantly from MRM (Nadeau--Bengio corrected resampled $t$-test, two-sided, "
-        f"{_latex_escape(nb_description(n_unit))}; Holm over all {len(grid.tests)} comparisons of this table; "
+        f"significantly from MRM (crossed users $\\times$ splits $t$-test on the paired per-user differences, "
+        f"two-sided; Holm over all {len(grid.tests)} comparisons of this table; "
         f"$\\alpha={alpha:g}$)."
     )
     if grid.incomplete_rows():
