@@ -438,7 +438,7 @@ def _table2_family(grid: Grid, plan) -> str:
     ref_label = _latex_escape(plan.method_label(ref)) if ref else "the reference row"
     fam = len(grid.tests)
     if ref not in grid.methods:
-        return f"nothing tested: the reference row {ref_label} has no results"
+        return f"no comparison made: the reference row {ref_label} has no results, so no cell is marked"
     i = grid.methods.index(ref)
     C = len(grid.columns)
     lacking = [j for j in range(C) if not grid.complete(i, j)]
@@ -446,10 +446,10 @@ def _table2_family(grid: Grid, plan) -> str:
         have = sorted({int(grid.n[i, j]) for j in range(C)})
         k = str(have[0]) if len(have) == 1 else f"{have[0]} to {have[-1]}"
         S = int(grid.expected[i].max()) if C else 0
-        return (f"nothing tested: the reference row {ref_label} has only {k} of its {S} planned splits, "
-                "and a test needs every split of both rows")
+        return (f"no comparison made: the reference row {ref_label} has only {k} of its {S} planned splits, "
+                "a test needs every split of both rows, so no cell is marked")
     if fam == 0:
-        return f"nothing tested: no other row is complete where {ref_label} is"
+        return f"no comparison made: no other row is complete where {ref_label} is, so no cell is marked"
     text = f"Holm over all {fam} comparisons of this table"
     if lacking:
         cols = ", ".join(f"{grid.columns[j].group} {grid.columns[j].label}" for j in lacking)

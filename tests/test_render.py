@@ -91,7 +91,7 @@ def test_table2_caption_names_the_incomplete_reference_instead_of_zero_compariso
     assert g.tests == []
     cap = pt.caption_table2(g, plan)
     assert "0 comparisons" not in cap
-    assert "nothing tested: the reference row MRM has only 2 of its 3 planned splits" in cap
+    assert "no comparison made: the reference row MRM has only 2 of its 3 planned splits" in cap
 
 
 def test_table2_caption_without_the_reference_row_says_so():
@@ -141,7 +141,8 @@ def _sb_table(lo=-0.0798, hi=0.0874) -> pd.DataFrame:
 def test_selection_bias_table_prints_math_minus_and_explains_its_columns():
     tex = selection_bias.table_latex(_sb_table(), "\\textbf{Analysis, not a protocol result.} x", "")
     assert "[$-$7.98, +8.74]" in tex and not HYPHEN_SIGN.search(tex)
-    assert "Honest:" in tex and "Optimism:" in tex and "$p$ (W): Wilcoxon" in tex
+    assert "Columns: Honest, the final epoch; Official, the best test epoch; Optimism, official $-$ honest" in tex
+    assert "$p$ (W), Wilcoxon" in tex
     assert "\\ifdim\\width>\\linewidth" in tex  # scaled down only where wider than the line
 
 
