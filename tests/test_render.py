@@ -76,6 +76,16 @@ def test_negative_cell_means_print_a_math_minus():
     assert "$-$3.1 $\\pm$ 1.0" in tex and not HYPHEN_SIGN.search(tex.split("\\midrule", 1)[1])
 
 
+def test_bench_table_latex_prints_a_math_minus():
+    from bench.reports import tables
+
+    cols = pd.MultiIndex.from_product([["prism"], list(tables.POPS)])
+    mean = pd.DataFrame([[-0.05, 0.6, 0.6]], index=["d"], columns=cols)
+    t = tables.Table(["d"], ["prism"], mean, mean * 0 + 0.01, mean * 0 + 3, {"prism": 3})
+    tex = tables.to_latex(t)
+    assert "$-$5.0 $\\pm$ 1.0" in tex and not HYPHEN_SIGN.search(tex.split("\\midrule", 1)[1])
+
+
 # ---------------------------------------------------------------------------- captions
 
 
