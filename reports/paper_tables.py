@@ -410,7 +410,7 @@ def _left_out_of_table1(grid: Grid, plan) -> str:
                      "model to get a row per model, docs/paper.md \\S~Real data)")
     if not parts:
         return ""
-    return " Rows of the paper's Table 1 left out: " + "; ".join(parts) + "."
+    return " Rows of the paper's Table 1 (Cai et al., SIGIR 2026) left out here: " + "; ".join(parts) + "."
 
 
 def caption_table2(grid: Grid, plan, skipped_methods: list[str] = ()) -> str:

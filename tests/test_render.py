@@ -127,7 +127,7 @@ def test_a_dash_cell_is_explained_in_the_caption():
 def test_table1_caption_names_the_papers_rows_it_leaves_out():
     g = _grid("table1", [("RM", "rm"), ("MRM", "mrm")], np.full((2, 3), 0.6), np.full((2, 3), 3))
     cap = pt.caption_table1(g, FakePlan({"table1": {}}), "table1", [])
-    assert "Rows of the paper's Table 1 left out" in cap
+    assert "Rows of the paper's Table 1 (Cai et al., SIGIR 2026) left out here" in cap
     assert "SynthesizeMe (ICL) and (FT)" in cap and "embeddings" in cap
     assert "Skywork-Reward V1 and V2" in cap
     # with one spec per feature model the V1/V2 rows exist; with SynthesizeMe rows it is not left out
