@@ -111,7 +111,8 @@ def render_output(rs: ResultSet, name: str, out_dir: Path) -> OutputReport:
     elif kind == "sweep":
         data = figures.sweep_data(slots, ["overall", "overall_worst10", "overall_worst20", "overall_worst50"])
         (param,) = cfg["sweep"].keys()
-        rep.files += figures.plot_rho(data, out_dir / name, param_label="Threshold ratio ρ" if param == "rho" else param)
+        rep.files += figures.plot_rho(data, out_dir / name, param_label="Threshold ratio ρ" if param == "rho" else param,
+                                      fixed=figures.fixed_text(cfg.get("params")))
     elif kind == "sweep_pair":
         data = figures.sweep_data(slots, ["overall", "overall_worst10"])
         rep.files += figures.plot_two_metric_sweeps(data, out_dir / name, cfg["panels"])
@@ -152,7 +153,10 @@ def param_formulas(rs: ResultSet, name: str, order: list[str]) -> tuple[dict[str
     pos = {m: i for i, m in enumerate(order)}
     for (label, method), g in sorted(done.groupby(["variant", "method"]), key=lambda x: pos.get(x[0][1], 99)):
         forms, checked, mismatches = set(), True, 0
-        dim = None
+        dims = {d for d in map(_feature_dim, dict.fromkeys(g["dataset"])) if d is not None}
+        dim = min(dims) if dims else None
+        if len(dims) > 1:
+            notes.append(f"{label}: its cells use feature dimensions {sorted(dims)}; the formula at D = {dim} is plotted")
         any_trained = False
         for key in g["key"]:
             meta = rs.metas[key]
@@ -172,6 +176,18 @@ def param_formulas(rs: ResultSet, name: str, order: list[str]) -> tuple[dict[str
         out[label] = {"method": method, "shared": shared, "per_user": per_user, "dim": dim,
                       "checked": ("yes" if checked else "MISMATCH") if any_trained else "no trained tensors"}
     return out, notes
+
+
+def _feature_dim(spec: str) -> int | None:
+    """The feature dimension D of a dataset spec, the D at which Fig. 7's formulas are evaluated
+    (the dataset is already loaded, memoised, by the plan); None for a dataset without features."""
+    from bench.datasets import load_dataset
+
+    try:
+        feats = load_dataset(spec).features
+    except Exception:  # a dataset that no longer loads leaves the column empty, not the figure
+        return None
+    return None if feats is None else int(feats.dim)
 
 
 def render_all(plan: Plan, results: Path, out_dir: Path, log=print, known=None) -> Path:

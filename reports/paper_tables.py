@@ -22,6 +22,7 @@ import pandas as pd
 
 from bench.comparison import compare, metric_label
 from bench.metrics import mean_std
+from bench.reports.latex import minus
 from bench.stats import holm
 
 SPLIT_COLUMNS = ("seen", "unseen", "overall")
@@ -258,6 +259,7 @@ def _latex_cell(grid: Grid, i: int, j: int) -> str:
     txt = grid.cell_text(i, j, pm=r"$\pm$")
     if txt == "–":
         return "--"
+    txt = minus(txt)
     marks = grid.markers[i, j]
     if marks:
         sup = marks.replace("*", "*").replace("†", r"\dagger")
@@ -272,7 +274,7 @@ def to_latex(grid: Grid, caption: str, label: str, header: str = "", row_title: 
     body = [[_latex_cell(grid, i, j) for j in range(len(grid.columns))] for i in range(len(grid.rows))]
     index = [_latex_escape(r) for r in grid.rows]
     for lab, vals in grid.extra_rows:
-        body.append([_latex_escape(v) for v in vals])
+        body.append([minus(_latex_escape(v)) for v in vals])
         index.append(_latex_escape(lab))
     data = pd.DataFrame(body, index=pd.Index(index), columns=cols)
     styler = data.style
@@ -372,14 +374,39 @@ def caption_table1(grid: Grid, plan, output: str, skipped_methods: list[str]) ->
     if grid.extra_rows:
         ours = _latex_escape(plan.method_label(plan.config["outputs"][output].get("ours", "")))
         cap += (f" \\% Improvement: gain of the best {ours} row over the best other row, relative to the latter "
-                "(only where every row is complete).")
+                "(only where every row is complete; -- where one is not).")
     if any("?" in m for m in grid.markers.ravel()):
         cap += " $^{?}$: a comparison of this best cell could not be made (the cells are not paired; see the index)."
     if grid.incomplete_rows():
         cap += " $(k/S)$: only $k$ of $S$ planned splits are present; such cells are neither ranked, tested nor used for the improvement."
+    cap += _dash_note(grid)
     if skipped_methods:
         cap += f" Not run (not installed): {_latex_escape(', '.join(skipped_methods))}."
-    return cap
+    return cap + _left_out_of_table1(grid, plan)
+
+
+def _dash_note(grid: Grid) -> str:
+    """Say what a ``--`` body cell means, where there is one."""
+    if not (grid.n == 0).any():
+        return ""
+    return " --: no split of this row is stored for that setting (the index lists the missing cells)."
+
+
+def _left_out_of_table1(grid: Grid, plan) -> str:
+    """Which rows of the paper's Table 1 (Cai et al., SIGIR 2026) this table does not have, and why."""
+    parts = []
+    if not any(m.startswith("synthesizeme") for m in grid.methods):
+        parts.append("SynthesizeMe (ICL) and (FT), which read the prompts' and responses' text with an LLM "
+                     "instead of the reward-model embeddings every row here uses (run them with \\texttt{bench run "
+                     "-{}-methods synthesizeme,synthesizeme-ft} on a text dataset)")
+    one_model = all(len(specs) <= 1 for specs in plan.roles.values())
+    if one_model and any(m in grid.methods for m in ("rm", "mrm")):
+        parts.append("the separate Skywork-Reward V1 and V2 rows of the zero-shot reward model and of MRM: each "
+                     "dataset here has one feature model, so each has one row (list one dataset spec per feature "
+                     "model to get a row per model, docs/paper.md \\S~Real data)")
+    if not parts:
+        return ""
+    return " Rows of the paper's Table 1 (Cai et al., SIGIR 2026) left out here: " + "; ".join(parts) + "."
 
 
 def caption_table2(grid: Grid, plan, skipped_methods: list[str] = ()) -> str:
@@ -388,12 +415,39 @@ def caption_table2(grid: Grid, plan, skipped_methods: list[str] = ()) -> str:
     cap = (
         f"Ablations of MRM: user-level accuracy (\\%) overall and on the worst 10/20/50\\% of users, mean $\\pm$ std "
         f"over $S={S}$ splits. Bold: best; underlined: second best (complete rows only). $^\\dagger$: differs "
-        f"significantly from MRM (crossed users $\\times$ splits $t$-test on the paired per-user differences, "
-        f"two-sided; Holm over all {len(grid.tests)} comparisons of this table; "
+        f"significantly from MRM (crossed users $\times$ splits $t$-test on the paired per-user differences, "
+        f"two-sided; {_table2_family(grid, plan)}; "
         f"$\\alpha={alpha:g}$)."
     )
     if grid.incomplete_rows():
         cap += " $(k/S)$: only $k$ of $S$ planned splits are present; such cells are neither ranked nor tested."
+    cap += _dash_note(grid)
     if skipped_methods:
         cap += f" Not run (not installed): {_latex_escape(', '.join(skipped_methods))}."
     return cap
+
+
+def _table2_family(grid: Grid, plan) -> str:
+    """The Holm family of Table 2 in words; when a comparison could not be made, what is missing."""
+    ref = (plan.config.get("outputs", {}).get(grid.name) or {}).get("reference")
+    ref_label = _latex_escape(plan.method_label(ref)) if ref else "the reference row"
+    fam = len(grid.tests)
+    if ref not in grid.methods:
+        return f"no comparison made: the reference row {ref_label} has no results, so no cell is marked"
+    i = grid.methods.index(ref)
+    C = len(grid.columns)
+    lacking = [j for j in range(C) if not grid.complete(i, j)]
+    if len(lacking) == C:
+        have = sorted({int(grid.n[i, j]) for j in range(C)})
+        k = str(have[0]) if len(have) == 1 else f"{have[0]} to {have[-1]}"
+        S = int(grid.expected[i].max()) if C else 0
+        return (f"no comparison made: the reference row {ref_label} has only {k} of its {S} planned splits, "
+                "a test needs every split of both rows, so no cell is marked")
+    if fam == 0:
+        return f"no comparison made: no other row is complete where {ref_label} is, so no cell is marked"
+    text = f"Holm over all {fam} comparisons of this table"
+    if lacking:
+        cols = ", ".join(f"{grid.columns[j].group} {grid.columns[j].label}" for j in lacking)
+        text += (f", made only in the columns where {ref_label} is complete ({_latex_escape(cols)} untested: "
+                 f"{ref_label} lacks splits there)")
+    return text

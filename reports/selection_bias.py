@@ -62,8 +62,7 @@ def _pm(m: float, s: float, pm: str) -> str:
 
 
 def _signed(v: float, tex: bool = True) -> str:
-    txt = f"{v * 100:+.2f}"
-    return txt.replace("-", "$-$") if tex else txt
+    return f"{v * 100:+.2f}"  # LaTeX minus signs: reports.latex.minus on the whole cell
 
 
 def _interval(lo: float, hi: float, tex: bool = True) -> str:
@@ -77,19 +76,23 @@ def _p(p: float) -> str:
 
 
 def table_latex(table: pd.DataFrame, caption: str, header: str) -> str:
+    """One row per metric, short column heads (explained in the caption), never wider than the line."""
+    from bench.reports.latex import fit_width, minus
+
     pm = r"$\pm$"
-    body = {
-        "Honest protocol (fixed budget, final epoch)": [_pm(r.honest_mean, r.honest_std, pm) for r in table.itertuples()],
-        "Official protocol (best test epoch)": [_pm(r.official_mean, r.official_std, pm) for r in table.itertuples()],
-        "Optimism (official $-$ honest)": [_signed(r.optimism_mean) for r in table.itertuples()],
-        "95\\% interval": [_interval(r.optimism_ci_low, r.optimism_ci_high) for r in table.itertuples()],
-        "$p$ ($t$ over splits)": [_p(r.p) for r in table.itertuples()],
-    }
-    cols = pd.Index([m.replace("%", r"\%") for m in table["metric"]], name="Analysis (not a protocol result)")
-    df = pd.DataFrame(body, index=cols).T
+    cols = ["Honest", "Official", "Optimism", "95\% interval", "$p$ ($t$)"]
+    body = [[_pm(r.honest_mean, r.honest_std, pm), _pm(r.official_mean, r.official_std, pm),
+             _signed(r.optimism_mean), _interval(r.optimism_ci_low, r.optimism_ci_high), _p(r.p)]
+            for r in table.itertuples()]
+    body = [[minus(c) for c in row] for row in body]
+    index = pd.Index([m.replace("%", r"\%") for m in table["metric"]])
+    # the heading of the row labels sits on the header line (an index name would add a line)
+    df = pd.DataFrame(body, index=index, columns=pd.Index(cols, name="Metric"))
+    caption += (" Columns: Honest, the final epoch; Official, the best test epoch; Optimism, official $-$ honest "
+                "in points, and its 95\% interval; $p$ ($t$), one-sample $t$-test over splits.")
     latex = df.style.to_latex(hrules=True, column_format="l" + "r" * len(cols), caption=caption,
                               label="tab:selection-bias", position="t", position_float="centering")
-    return header + latex
+    return header + fit_width(latex)
 
 
 def table_markdown(table: pd.DataFrame) -> str:

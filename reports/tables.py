@@ -180,8 +180,10 @@ def _latex_escape(s: str) -> str:
 
 def to_latex(table: Table, caption: str | None = None, label: str = "tab:main", header: str = "") -> str:
     """LaTeX (booktabs) via pandas Styler: bold best, underline second, markers in the caption."""
+    from bench.reports.latex import minus
+
     data = pd.DataFrame(
-        [[table.cell_text(r, s, p).replace("±", r"$\pm$") for s in table.settings for p in POPS] for r in table.rows],
+        [[minus(table.cell_text(r, s, p).replace("±", r"$\pm$")) for s in table.settings for p in POPS] for r in table.rows],
         index=[_latex_escape(r) for r in table.rows],
         # "Method" heads the row labels on the second header line (an index name would add a row)
         columns=pd.MultiIndex.from_tuples([(_latex_escape(s), POP_LABEL[p]) for s in table.settings for p in POPS],
