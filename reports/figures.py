@@ -120,8 +120,8 @@ def whisker_note(data: pd.DataFrame) -> str:
 
 
 CHANCE = "chance (50%)"
-BAND_NOTE = "Band: 95% interval of the mean over splits (docs/paper.md § Statistics)"
-INTERVAL_NOTE = "Whiskers: 95% interval of the mean over splits (docs/paper.md § Statistics)"
+BAND_NOTE = "Band: 95% t-interval over splits, given these users (docs/paper.md § Statistics)"
+INTERVAL_NOTE = "Whiskers: 95% interval, users × splits (docs/paper.md § Statistics)"
 
 
 def _style_kwargs(complete: bool, color, marker: str) -> dict:

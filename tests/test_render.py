@@ -97,7 +97,7 @@ def test_table2_caption_names_the_incomplete_reference_instead_of_zero_compariso
     rows = [("MRM", "mrm"), ("(1) w/o meta", "mrm-no-meta")]
     g = _grid("table2", rows, np.full((2, 2), 0.5), np.array([[2, 2], [3, 3]]), columns=_t2_columns())
     plan = FakePlan({"table2": {"reference": "mrm"}}, labels={"mrm": "MRM"})
-    pt.mark_against_reference(None, g, 0, 0.05, "users", 10)  # the reference is incomplete: nothing to compare
+    pt.mark_against_reference(None, g, 0, 0.05, "users")  # the reference is incomplete: nothing to compare
     assert g.tests == []
     cap = pt.caption_table2(g, plan)
     assert "0 comparisons" not in cap
@@ -143,8 +143,8 @@ def _sb_table(lo=-0.0798, hi=0.0874) -> pd.DataFrame:
     recs = []
     for m in ("Seen", "Unseen", "Overall", "Worst 10%"):
         recs.append({"metric": m, "honest_mean": 0.545, "honest_std": 0.012, "official_mean": 0.548, "official_std": 0.007,
-                     "optimism_mean": 0.0038, "optimism_ci_low": lo, "optimism_ci_high": hi, "p_nb": 0.667,
-                     "p_wilcoxon": 1.0, "n_splits": 2})
+                     "optimism_mean": 0.0038, "optimism_ci_low": lo, "optimism_ci_high": hi, "p": 0.667,
+                     "n_splits": 2})
     return pd.DataFrame.from_records(recs)
 
 
@@ -152,7 +152,7 @@ def test_selection_bias_table_prints_math_minus_and_explains_its_columns():
     tex = selection_bias.table_latex(_sb_table(), "\\textbf{Analysis, not a protocol result.} x", "")
     assert "[$-$7.98, +8.74]" in tex and not HYPHEN_SIGN.search(tex)
     assert "Columns: Honest, the final epoch; Official, the best test epoch; Optimism, official $-$ honest" in tex
-    assert "$p$ (W), Wilcoxon" in tex
+    assert "$p$ ($t$), one-sample $t$-test over splits" in tex and "Wilcoxon" not in tex
     assert "\\ifdim\\width>\\linewidth" in tex  # scaled down only where wider than the line
 
 
@@ -304,4 +304,4 @@ def test_selection_bias_figure_says_what_its_band_is(tmp_path, captured):
     curve = pd.DataFrame.from_records([{"epoch": e, **_summ(0.53)} for e in (1, 2, 3, 4)])
     picks = pd.DataFrame({"selected_epoch": [1, 4], "official": [0.55, 0.53], "final_epoch": [4, 4], "honest": [0.54, 0.52]})
     figures.plot_selection_bias(curve, picks, tmp_path / "sb", curve)
-    assert "Band: 95% interval" in _legend_titles(captured[0])
+    assert "Band: 95% t-interval over splits" in _legend_titles(captured[0])
