@@ -100,9 +100,18 @@ def _run(cmd, **kw):
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """The example plugin and bench itself installed from wheels (not editable) into one folder."""
+    import shutil
+
     root = tmp_path_factory.mktemp("installed")
     wheels, target = root / "wheels", root / "site"
-    for src in (ROOT, EXAMPLE):
+    src_root = root / "src"  # build from copies: setuptools writes build/ and *.egg-info beside the sources
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for part in ("bench", "methods", "reports", "configs"):
+        shutil.copytree(ROOT / part, src_root / "bench-prm" / part, ignore=ignore)
+    for part in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / part, src_root / "bench-prm" / part)
+    shutil.copytree(EXAMPLE, src_root / "usermean", ignore=ignore)
+    for src in (src_root / "bench-prm", src_root / "usermean"):
         p = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)])
         assert p.returncode == 0, p.stderr[-3000:]
     p = _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *map(str, wheels.glob("*.whl"))])

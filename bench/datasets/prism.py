@@ -76,7 +76,7 @@ def _rows(paths: list[Path], directory: Path):
 
 
 ROW_HINT = (
-    "the row does not follow the schema of HannahRoseKirk/prism-alignment (shared/specs/data.md); "
+    "the row does not follow the schema of HannahRoseKirk/prism-alignment (README § Real datasets); "
     "fix that row or download the file again"
 )
 

@@ -73,7 +73,7 @@ def _missing(directory: Path) -> str | None:
 
 ROW_HINT = (
     "the row does not follow the comparisons schema of openai/summarize_from_feedback "
-    "(shared/specs/data.md); fix that row or download the file again"
+    "(README § Real datasets); fix that row or download the file again"
 )
 
 
