@@ -131,7 +131,10 @@ def check_capabilities(
     asked only for GPU methods)."""
     missing = set(cls.requires) - set(ds.capabilities) - {"gpu", "llm"}
     if missing:
-        return f"needs {', '.join(sorted(missing))}, which {ds.name} does not provide"
+        why = f"needs {', '.join(sorted(missing))}, which {ds.name} does not provide"
+        if {"features", "prompt_features", "rm_score"} & missing and ds.meta.get("features_hint"):
+            why += f" ({ds.meta['features_hint']})"
+        return why
     if "gpu" in cls.requires:
         avail = gpu_available() if callable(gpu_available) else gpu_available
         if not (_cuda_available() if avail is None else avail):

@@ -148,6 +148,11 @@ def attach_features(ds: Dataset, options: dict[str, Any], config: dict[str, Any]
     model = options.get("features", config.get("feature_model", DEFAULT_FEATURE_MODEL))
     if model is None or str(model).lower() in ("none", "no", "false", ""):
         ds.meta["feature_model"] = "none"
+        # what a method that needs features is told (bench.runner.check_capabilities)
+        ds.meta["features_hint"] = (
+            f"it was loaded with features=none; extract features with "
+            f"`bench embed --dataset {ds.meta.get('spec', ds.name)} --model v2` and drop features=none"
+        )
         return ds.validate()
     spec = ds.meta.get("spec", ds.name)
     return open_cached_features(ds, feature_model_name(model), spec=spec, key=options.get("feature_key"), model_arg=str(model)).validate()

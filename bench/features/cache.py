@@ -469,7 +469,11 @@ def open_cached_features(ds: Dataset, model: str, spec: str, key: str | None = N
         )
         raise DataError(
             f"{ds.name}: {what}\n    {command}\n  expected cost: {cost['summary']}",
-            hint=f"run the command above (a GPU is strongly advised), or load text only with --dataset {spec}{',' if ':' in spec else ':'}features=none",
+            hint=(
+                f"run the command above (a GPU is strongly advised); methods that read only text (synthesizeme) "
+                f"can run without it on --dataset {spec}{',' if ':' in spec else ':'}features=none, methods that "
+                f"need features cannot"
+            ),
         )
     if len(complete) > 1:
         names = ", ".join(c.name.rsplit("-", 1)[1] for c in complete)
