@@ -169,3 +169,11 @@ def test_a_real_run(tmp_path, cli):
     assert df.loc[df["method"] == "bt", "adapted"].isna().all()
     assert (df["fit_seconds"] >= 0).all() and df["bench_version"].notna().all()
     assert df["param.epochs"].dropna().eq(2).all()
+
+
+def test_docs_list_every_column():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "results.md").read_text()
+    for col in list(results.ROW_DTYPES) + list(results.META_DTYPES):
+        assert f"`{col}`" in doc, col

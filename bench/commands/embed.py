@@ -49,22 +49,10 @@ def add_parser(sub) -> None:
 
 
 def load_text_dataset(spec: str):
-    """Load a registered text dataset without features (``features=none``)."""
-    from bench.config import dataset_config
-    from bench.datasets import dataset_names, is_path_spec, parse_spec
-    from bench.errors import did_you_mean
-    from bench.registry import load_dataset_loader
+    """Load a registered text dataset without features (see :func:`bench.datasets.load_text_dataset`)."""
+    from bench.datasets import load_text_dataset as load
 
-    if is_path_spec(spec):
-        raise BenchError("bench embed works on registered text datasets (reddit, prism)", hint="--dataset reddit:data_dir=DIR")
-    name, options = parse_spec(spec)
-    if name not in dataset_names():
-        raise did_you_mean(name, dataset_names(), "dataset")
-    options = {k: v for k, v in options.items() if k not in ("features", "feature_key")}
-    ds = load_dataset_loader(name)(name, dict(options, features="none"), dataset_config(name))
-    if not ds.has_text:
-        raise BenchError(f"dataset {name} has no text to embed", hint="its features come with the dataset")
-    return ds
+    return load(spec)
 
 
 def format_summary(ds) -> list[str]:

@@ -156,7 +156,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
         )
     if "split_by" in cfg and cfg["split_by"] not in SPLIT_STYLES:
         raise DataError(f"{path}: split_by {cfg['split_by']!r} is not one of {', '.join(SPLIT_STYLES)}", hint="group: halves by group; source: the 'split' column's halves")
-    from bench.runner import parse_budget
+    from bench.budgets import parse_budget
 
     for key, zero in (("shots", False), ("unseen_shots", True)):
         if key in cfg:

@@ -488,7 +488,7 @@ def find_caches(ds: Dataset, model: str) -> tuple[list[Path], list[Path]]:
 def open_cached_features(ds: Dataset, model: str, spec: str, key: str | None = None, model_arg: str | None = None) -> Dataset:
     """Attach the complete cached features of ``model`` to ``ds`` (features, rm_score, prompt
     features when extracted) or stop with the exact ``bench embed`` command."""
-    from bench.datasets.textdata import MODEL_ALIASES, prompt_hashes, text_hashes
+    from bench.textkeys import MODEL_ALIASES, prompt_hashes, text_hashes
 
     complete, partial = find_caches(ds, model)
     if key:
