@@ -27,8 +27,12 @@ class UserMean(Method):
         return self
 
     def score(self, queries):                 # margins score(a) - score(b); no labels
-        d = self.ctx_.features.diff(queries.a, queries.b)
-        return np.einsum("nd,nd->n", d, self.w_[queries.user])
+        f, out = self.ctx_.features, np.empty(len(queries), dtype=np.float32)
+        for s in range(0, len(queries), 4096):  # in chunks: memory stays small
+            i = slice(s, s + 4096)
+            d = f.diff(queries.a[i], queries.b[i])
+            out[i] = np.einsum("nd,nd->n", d, self.w_[queries.user[i]])
+        return out
 
     def param_count(self):                    # the formula: shared + per_user x users
         return ParamCount(shared=self.ctx_.features.dim, per_user=self.ctx_.features.dim)
