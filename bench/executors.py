@@ -169,11 +169,18 @@ class Crash:
 
 
 def method_target(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
+    from bench.registry import local_target
+
+    return local_target(cls) or f"{cls.__module__}:{cls.__qualname__}"
 
 
 def import_target(target: str) -> type:
     import importlib
+
+    if target.startswith("file:"):  # a method from a local file (--methods ./my_method.py:MyMethod)
+        from bench.registry import load_local_method
+
+        return load_local_method(target[len("file:"):])
 
     module, _, qual = target.partition(":")
     obj: Any = importlib.import_module(module)

@@ -41,27 +41,8 @@ if TYPE_CHECKING:
 Budget = int | None  # None = all of the user's train pairs
 
 
-def parse_budget(value: str | int | None, flag: str, allow_zero: bool = False) -> Budget:
-    """``all``/None → None; a positive integer (or ≥ 0 with ``allow_zero``) → int; else an error."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in ("all", "none", ""):
-            return None
-        try:
-            num = float(v)
-        except ValueError:
-            raise BenchError(f"{flag} must be a positive integer or 'all', got '{value}'", hint=f"e.g. {flag} 50, or {flag} all") from None
-    else:
-        num = float(value)
-    if not num.is_integer():
-        raise BenchError(f"{flag} must be an integer, got {value}", hint=f"e.g. {flag} 50, or {flag} all")
-    n = int(num)
-    if n < 0 or (n == 0 and not allow_zero):
-        lower = "≥ 0" if allow_zero else "≥ 1"
-        raise BenchError(f"{flag} must be {lower} (or 'all'), got {n}", hint=f"e.g. {flag} 50, or {flag} all")
-    return n
+# parse_budget lives in bench.budgets (a dataset's own config needs it too); re-exported here.
+from bench.budgets import parse_budget  # noqa: E402,F401
 
 
 @dataclass
@@ -131,7 +112,10 @@ def check_capabilities(
     asked only for GPU methods)."""
     missing = set(cls.requires) - set(ds.capabilities) - {"gpu", "llm"}
     if missing:
-        return f"needs {', '.join(sorted(missing))}, which {ds.name} does not provide"
+        why = f"needs {', '.join(sorted(missing))}, which {ds.name} does not provide"
+        if {"features", "prompt_features", "rm_score"} & missing and ds.meta.get("features_hint"):
+            why += f" ({ds.meta['features_hint']})"
+        return why
     if "gpu" in cls.requires:
         avail = gpu_available() if callable(gpu_available) else gpu_available
         if not (_cuda_available() if avail is None else avail):

@@ -43,7 +43,7 @@ FIG_RC = {
 }
 
 # squares: personalized input; triangles: personalized parameter (as the paper's Fig. 3)
-KIND_MARKER = {"personalized input": "s", "personalized parameter": "^", "meta-learning": "*", "reference": "o"}
+KIND_MARKER = {"personalized input": "s", "personalized parameter": "^", "meta-learning": "*", "reference": "o", "other": "D"}
 SINGLE = 3.4  # inches, one column
 DOUBLE = 7.0
 

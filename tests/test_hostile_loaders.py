@@ -254,7 +254,7 @@ PRISM_CASES = [
     Case("survey-missing-n", "a survey row without num_completed_conversations", _pr_row(0, lambda r: r.pop("num_completed_conversations"), "survey.jsonl"), r"'num_completed_conversations' must be a number, got None"),
     Case("survey-user-null", "a survey row with user_id null", _pr_row(0, lambda r: r.update(user_id=None), "survey.jsonl"), r"'user_id' must be a non-empty string, got None"),
     Case("user-zero-completed", "a user whose survey says 0 completed conversations", _pr(), None, "counted skip: that user's conversations", _dropped("no completed conversation in the survey", 1)),
-    Case("user-not-in-survey", "conversations of a user missing from the survey", _pr_append(prism_conversation("u9-c0", "u9", [("q?", [("a.", True), ("b.", False)])])), None, "counted skip (as users with no completed conversation)", _dropped("no completed conversation in the survey", 2)),
+    Case("user-not-in-survey", "conversations of a user missing from the survey", _pr_append(prism_conversation("u9-c0", "u9", [("q?", [("a.", True), ("b.", False)])])), None, 'counted skip, under its own label ("users absent from the survey")', _dropped("absent from the survey", 1)),
     Case("no-qualifying-turn", "a conversation with no turn that has a chosen and a rejected response", _pr(), None, "counted skip", _dropped("without a turn that has a chosen and a rejected", 1)),
     Case("few-conversations", "users with fewer than 6 conversations (zero pairs left)", _pr(), None, "counted skip: their conversations", _dropped("fewer than 6 conversations", 8)),
     Case("identical-texts", "a rejected response identical to the chosen one", _pr(), None, "counted skip", _dropped("chosen and rejected texts are identical", 1)),

@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 from bench.data import SPLIT_STYLES, Dataset, Features, _preview, check_messages, load_features
-from bench.errors import BenchError, DataError
+from bench.errors import BenchError, DataError, json_error
 from bench.hashing import file_digest, hash_obj
 
 PAIR_FILES = ("pairs.parquet", "pairs.jsonl", "pairs.csv")
@@ -65,7 +65,7 @@ def _read_pairs(path: Path) -> pd.DataFrame:
                         rec = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise DataError(
-                            f"{path.name} line {i}: malformed JSON ({e.msg} at column {e.colno})",
+                            f"{path.name} line {i}: malformed JSON ({json_error(e)})",
                             hint="the file is truncated or edited; fix or remove that line",
                         ) from None
                     if not isinstance(rec, dict):
@@ -156,7 +156,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
         )
     if "split_by" in cfg and cfg["split_by"] not in SPLIT_STYLES:
         raise DataError(f"{path}: split_by {cfg['split_by']!r} is not one of {', '.join(SPLIT_STYLES)}", hint="group: halves by group; source: the 'split' column's halves")
-    from bench.runner import parse_budget
+    from bench.budgets import parse_budget
 
     for key, zero in (("shots", False), ("unseen_shots", True)):
         if key in cfg:
@@ -167,6 +167,26 @@ def _read_config(directory: Path) -> dict[str, Any]:
             except BenchError as e:
                 raise DataError(e.message, hint="a positive integer or 'all'") from None
     return cfg
+
+
+def _check_both_halves(users: np.ndarray, halves: np.ndarray, file_name: str) -> None:
+    """With the dataset's own halves, some user must have pairs in both: else nothing can be scored."""
+    counts = {h: int((halves == h).sum()) for h in ("train", "test")}
+    for half, n in counts.items():
+        if n == 0:
+            other = "test" if half == "train" else "train"
+            raise DataError(
+                f"{file_name}: no pair is in the {half} half ('split' is {other} in every row), so nothing "
+                + ("can be scored" if half == "test" else "can be learned"),
+                hint=f"mark each user's held-out pairs split={'test' if half == 'test' else 'train'}, or drop the "
+                "'split' column to halve every user's pairs by group",
+            )
+    both = np.intersect1d(users[halves == "train"], users[halves == "test"])
+    if len(both) == 0:
+        raise DataError(
+            f"{file_name}: no user has pairs in both halves (train and test), so no user can be scored",
+            hint="give each user train and test pairs, or drop the 'split' column to halve every user's pairs by group",
+        )
 
 
 def _id_column(df: pd.DataFrame, col: str, fname: str) -> pd.Series:
@@ -409,6 +429,9 @@ def load_directory(directory: Path) -> Dataset:
         split_by = split_by or "group"
         if split_by == "source":
             raise DataError(f"{directory}/dataset.yaml says split_by: source but {pair_file.name} has no 'split' column", hint="add a 'split' column (train/test) or use split_by: group")
+
+    if split_by == "source":
+        _check_both_halves(user.to_numpy()[keep], source.to_numpy()[keep], pair_file.name)
 
     responses = pd.DataFrame({"prompt_id": np.zeros(n_rows, dtype=np.int64)})
     if "rm_chosen" in cols:

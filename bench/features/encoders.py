@@ -81,6 +81,19 @@ def _require_transformers():
         ) from None
 
 
+def dequantised_copy(gguf: Path) -> Path:
+    """A float32 transformers directory of ``gguf`` under ``$BENCH_CACHE/models/``, made on first
+    use (transformers dequantises a GGUF on every load: a minute and more for SmolLM2 on a CPU)
+    and found again by the GGUF file's digest, so an edited or replaced file gets a new copy."""
+    from bench.datasets.sources import stamped_digest
+    from bench.llm.models import _convert_gguf, cache_root
+
+    out = cache_root() / "models" / f"{gguf.stem.lower()}-f32-{stamped_digest(gguf)[:16]}"
+    if not (out / "config.json").exists():
+        _convert_gguf(gguf, out)
+    return out
+
+
 def _local_revision(path: str, gguf: str | None) -> str:
     from bench.datasets.sources import stamped_digest
 
@@ -153,8 +166,9 @@ class HFEncoder:
         self.trust_remote_code = bool(trust_remote_code)
         kw: dict[str, Any] = {"revision": revision} if revision and kind == "hub" else {}
         trc = self.trust_remote_code
-        if gguf:
-            kw["gguf_file"] = gguf
+        source_path = path
+        if gguf:  # dequantised once into a float32 copy keyed by the GGUF's digest, then reused
+            path = str(dequantised_copy(Path(path) / gguf))
         load_kw = dict(kw, num_labels=1, dtype=self.torch_dtype)
         if attn:
             load_kw["attn_implementation"] = attn
@@ -162,7 +176,7 @@ class HFEncoder:
         with remote_code_guard(display, "add --trust-remote-code to bench embed"):
             self._load(path, kind, kw, load_kw, trc)
         self.model.to(self.device).eval()
-        self._identify(display, path, gguf, kind, revision)
+        self._identify(display, source_path, gguf, kind, revision)
 
     def _load(self, path: str, kind: str, kw: dict[str, Any], load_kw: dict[str, Any], trc: bool) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
