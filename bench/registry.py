@@ -107,19 +107,9 @@ def load_dataset_loader(name: str):
 
 
 def expand_methods(spec: str) -> list[str]:
-    """``all`` or a comma-separated list, validated against the registry (keeps order, dedups)."""
-    names = method_names()
-    if spec.strip() == "all":
-        return names
-    out = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if part not in names:
-            raise did_you_mean(part, names, "method")
-        if part not in out:
-            out.append(part)
-    if not out:
-        raise BenchError("--methods is empty", hint="e.g. --methods bt,oracle or --methods all")
-    return out
+    """``all``, a comma-separated list, or ``all,-name,…`` (all but those), validated against the
+    registry (keeps order, dedups). Names match case-insensitively; every unknown name is reported
+    at once, each with its closest match."""
+    from bench.methodspec import expand
+
+    return expand(spec, method_names())
