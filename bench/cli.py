@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "card": cmd_card}
-    from bench.clihelp import handle_sigterm, keep_results_clean
+    from bench.clihelp import handle_sigterm, restore_sigterm
 
-    handle_sigterm()  # SIGTERM stops a run as Ctrl-C does: finished cells kept, claims released
+    old_term = handle_sigterm()  # SIGTERM stops a run as Ctrl-C does: finished cells kept, claims released
     try:
         if args.verb in handlers:
             return handlers[args.verb](args)
@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         err = storage_error(e, where, Path(e.filename).name if e.filename else "a file", "write somewhere else")
         _console(stderr=True).print(f"error: {err.message}\n  fix: {err.hint}", markup=False, highlight=False)
         return 2
+    finally:
+        restore_sigterm(old_term)
 
 
 # ---------------------------------------------------------------------------- run
@@ -397,6 +399,25 @@ def cmd_list(args) -> int:
     from rich.table import Table
 
     console = _console()
+    from bench.listing import WIDE, narrow_lines
+
+    if console.width < WIDE:
+        for line in narrow_lines(methods, datasets, console.width):
+            console.print(line, markup=False, highlight=False)
+    else:
+        _list_tables(console, methods, datasets)
+    console.print("A bring-your-own-data directory is also a dataset: --dataset path/to/dir", markup=False)
+    broken = [x["name"] for x in methods + datasets if "error" in x]
+    if broken:
+        console.print(f"{len(broken)} plugin(s) failed to load and are unavailable: {', '.join(broken)} — "
+                      "fix or uninstall them; everything else works", markup=False)
+    return 0
+
+
+def _list_tables(console, methods, datasets) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     t = Table(title="Methods")
     for col in ("name", "kind", "requires", "description"):
         t.add_column(col)
@@ -417,12 +438,6 @@ def cmd_list(args) -> int:
             d["name"], d["family"], d["split_by"], ", ".join(d["provides"]), f"{d['shots']}/{d['unseen_shots']}", d["description"]
         )
     console.print(t)
-    console.print("A directory in the bring-your-own-data format is also a dataset: --dataset path/to/dir", markup=False)
-    broken = [x["name"] for x in methods + datasets if "error" in x]
-    if broken:
-        console.print(f"{len(broken)} plugin(s) failed to load and are unavailable: {', '.join(broken)} — "
-                      "fix or uninstall them; everything else works", markup=False)
-    return 0
 
 
 def cmd_report(args) -> int:

@@ -22,10 +22,21 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
-def handle_sigterm() -> None:
-    """Treat SIGTERM (``kill PID``, a batch scheduler's time limit) like Ctrl-C (main thread only)."""
-    with contextlib.suppress(ValueError, OSError):  # not the main thread
-        signal.signal(signal.SIGTERM, _on_sigterm)
+def handle_sigterm():
+    """Treat SIGTERM (``kill PID``, a batch scheduler's time limit) like Ctrl-C (main thread only);
+    returns the previous handler for :func:`restore_sigterm`."""
+    global _terminated
+    _terminated = False
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main thread
+        return None
+
+
+def restore_sigterm(old) -> None:
+    if old is not None:
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            signal.signal(signal.SIGTERM, old)
 
 
 def was_terminated() -> bool:

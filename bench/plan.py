@@ -288,10 +288,12 @@ def render(rp: RunPlan, results: Path, jobs: int = 1) -> list[str]:
     return lines
 
 
-def warning(rp: RunPlan, jobs: int = 1, threshold_s: float = WARN_AFTER_S) -> str | None:
-    """A line for a run whose estimate exceeds ``threshold_s``, with how to make it shorter."""
+def warning(rp: RunPlan, jobs: int = 1, threshold_s: float | None = None) -> str | None:
+    """A line for a run whose estimate exceeds ``threshold_s`` (default :data:`WARN_AFTER_S`), with
+    how to make it shorter."""
     from bench.text import fmt_duration
 
+    threshold_s = WARN_AFTER_S if threshold_s is None else threshold_s
     wall = rp.total_s / max(1, jobs)
     if wall <= threshold_s:
         return None

@@ -31,7 +31,7 @@ ITER_PARAMS = {  # the loop length each method's cost scales with
     "oracle": [], "rm": [],
 }
 # (lo, hi, check) factors where the defaults would round to one loop length or run for minutes
-FACTORS = {"vpl": (0.5, 1.0, 0.0), "gpo": (0.02, 0.06, 0.1)}
+FACTORS = {"vpl": (0.5, 1.0, 0.0), "gpo": (0.02, 0.06, 0.1), "pal": (0.05, 0.1, 0.0), "pal-b": (0.05, 0.1, 0.0)}
 
 
 def one(method: str, dataset: str, factor: float, shots, unseen) -> dict:
@@ -80,6 +80,27 @@ def measure(method: str, dataset: str, factor: float, shots: str, unseen: str, t
     return rec
 
 
+def fit(records: list[dict]) -> tuple[dict, list]:
+    """(a, b) per method from its runs: the two shortest loops give the line, a third checks it."""
+    by: dict[str, list[dict]] = {}
+    for r in records:
+        by.setdefault(r["method"], []).append(r)
+    costs, rows = {}, []
+    for m, recs in by.items():
+        recs = sorted(recs, key=lambda r: r["work"])
+        recs = [r for i, r in enumerate(recs) if i == 0 or r["work"] > recs[i - 1]["work"]]  # one run per loop length
+        lo, hi = recs[0], recs[1] if len(recs) > 1 else recs[0]
+        t_lo, t_hi = lo["seconds"], hi["seconds"]
+        b = max(0.0, (t_hi - t_lo) / (hi["work"] - lo["work"])) if hi["work"] > lo["work"] else 0.0
+        a = max(0.0, t_lo - b * lo["work"])
+        if b == 0.0 and hi["work"] > lo["work"]:  # noise made the slope vanish: all time per unit work
+            a, b = 0.0, t_hi / hi["work"]
+        ratio = recs[2]["seconds"] / (a + b * recs[2]["work"]) if len(recs) > 2 else None
+        costs[m] = {"a": round(a, 3), "b": float(f"{b:.4g}")}
+        rows.append((m, a, b, t_lo, t_hi, ratio))
+    return costs, rows
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2:])
@@ -94,33 +115,26 @@ def main() -> int:
     ap.add_argument("--check", type=float, default=0.3, help="third run, predicted from (a, b) and measured (0: none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="write the constants to bench/plan_costs.py")
+    ap.add_argument("--from-log", nargs="+", default=None, metavar="FILE",
+                    help="fit the constants from the JSON lines of earlier runs of this script (nothing runs)")
     args = ap.parse_args()
     load = os.getloadavg()
-    costs: dict[str, dict] = {}
-    rows = []
-    for m in [x.strip() for x in args.methods.split(",") if x.strip()]:
+    records: list[dict] = []
+    if args.from_log:
+        for path in args.from_log:
+            for line in open(path):
+                if line.startswith("{") and '"seconds"' in line:
+                    records.append(json.loads(line))
+    for m in [x.strip() for x in args.methods.split(",") if x.strip()] if not args.from_log else []:
         f_lo, f_hi, f_ck = FACTORS.get(m, (args.lo, args.hi, args.check))
-        try:
-            lo = measure(m, args.dataset, f_lo, args.shots, args.unseen_shots, args.threads)
-            hi = measure(m, args.dataset, f_hi, args.shots, args.unseen_shots, args.threads) if ITER_PARAMS.get(m) else lo
-        except RuntimeError as e:
-            print(json.dumps({"method": m, "error": str(e)}), flush=True)
-            continue
-        t_lo, t_hi = lo["seconds"], hi["seconds"]
-        if hi["work"] > lo["work"]:
-            b = max(0.0, (t_hi - t_lo) / (hi["work"] - lo["work"]))
-        else:
-            b = 0.0
-        a = max(0.0, t_lo - b * lo["work"])
-        if b == 0.0 and lo["work"] > 0 and ITER_PARAMS.get(m):  # noise made the slope vanish: all time per unit work
-            b = t_hi / hi["work"]
-            a = 0.0
-        ratio = None
-        if f_ck and args.check and ITER_PARAMS.get(m):
-            ck = measure(m, args.dataset, f_ck, args.shots, args.unseen_shots, args.threads)
-            ratio = ck["seconds"] / (a + b * ck["work"])
-        costs[m] = {"a": round(a, 3), "b": float(f"{b:.4g}")}
-        rows.append((m, a, b, t_lo, t_hi, ratio))
+        factors = [f_lo] + ([f_hi] if ITER_PARAMS.get(m) else []) + ([f_ck] if f_ck and args.check and ITER_PARAMS.get(m) else [])
+        for f in factors:
+            try:
+                records.append(measure(m, args.dataset, f, args.shots, args.unseen_shots, args.threads))
+            except RuntimeError as e:
+                print(json.dumps({"method": m, "error": str(e)}), flush=True)
+                break
+    costs, rows = fit(records)
     print(f"\nload average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs; {args.threads} threads")
     print(f"{'method':<14} {'a (s)':>8} {'b (s/work)':>12} {'t_lo':>7} {'t_hi':>7} {'check meas/pred':>16}")
     for m, a, b, tl, th, r in rows:
