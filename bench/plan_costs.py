@@ -5,7 +5,7 @@ machine for estimates that fit it. Cells stored in a results directory recalibra
 
 COSTS = {
     "_machine": {
-        "note": "measured 2026-12-04 on a shared 2-CPU machine under load 4-10 (uptime), synthetic-prism; noisy: check runs off by 0.2-1.5x"
+        "note": "2 CPUs under load 4-10, synthetic-prism, 2026-12-04"
     },
     "bt": {
         "a": 0.0,

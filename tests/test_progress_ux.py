@@ -247,3 +247,18 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     assert f"terminated (SIGTERM): {n} cell{'s' if n != 1 else ''} finished and stored" in out
     assert "Traceback" not in err
     assert not list((tmp_path / "claims").glob("*")), "a claim file was left behind"
+
+
+def test_csv_errors_name_the_file_line(tmp_path):
+    from bench.datasets import local
+
+    path = tmp_path / "pairs.csv"
+    path.write_text('user,chosen,rejected\nu0,0,1\nu1,2,3\n\nu2,4,5\n"u\n3",6,7\nu4,8,9\n')
+    local._SOURCES[path.name] = path
+    # data row 4 (from 0) is u4: the header, a blank line and a quoted line break put it on line 8
+    assert local._rows([4], "pairs.csv") == "rows [4] (1 in all) (file line 8)"
+    assert local._rows([0, 2], "pairs.csv").endswith("(file lines 2, 5)")
+    jl = tmp_path / "pairs.jsonl"
+    jl.write_text('{"user": "a"}\n\n{"user": "b"}\n')
+    local._SOURCES[jl.name] = jl
+    assert local._rows([1], "pairs.jsonl").endswith("(file line 3)")

@@ -4,7 +4,7 @@
     bench paper --repeats 10 --out paper-out     # fewer splits
     bench paper --render-only                    # re-render from stored results (seconds)
     bench paper --datasets prism reddit          # real data, once features are extracted
-    bench paper --smoke                          # tiny data, seconds: a quick end-to-end check
+    bench paper --smoke                          # tiny data, a few minutes: a quick end-to-end check
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=None, help="splits per output (default: the experiment file's, 20)")
     p.add_argument("--outputs", default=None, help="only these outputs, e.g. table1,fig3 (default: all)")
     p.add_argument("--config", default="paper", help="experiment name in configs/experiments/ or a YAML path")
-    p.add_argument("--smoke", action="store_true", help="tiny datasets and the methods' test_params (seconds)")
+    p.add_argument("--smoke", action="store_true", help="tiny datasets and the methods' test_params (a few minutes: 3.5 min on 2 busy cores)")
     p.add_argument("--results", default="results", help="results directory (default ./results)")
     p.add_argument("--out", default=None, help="output folder (default RESULTS/paper, or RESULTS/paper-smoke with --smoke)")
     p.add_argument("--render-only", action="store_true", help="do not run anything; render from stored results")
