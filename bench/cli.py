@@ -318,8 +318,8 @@ def _cmd_run(args) -> int:
     if args.executor != "ray" and not args.ray_address:
         try:
             rp = planning.make_plan(cfg)
-        except BenchError:
-            rp = None  # the run itself reports the problem
+        except Exception:  # noqa: BLE001 - the estimate is advice: the run itself reports any problem
+            rp = None
     if rp is not None:
         warn = planning.warning(rp, jobs=args.jobs)
         if warn:
