@@ -270,7 +270,9 @@ def run_unit(unit: Unit, log: Callable[[str], None] | None = None) -> UnitResult
             summary = RunSummary()
             _EXECUTION.clear()
             _EXECUTION.update({"executor": unit.executor, "worker": worker_name(), "deterministic": bool(unit.deterministic)})
-            with deterministic_mode(unit.deterministic):
+            from bench import progress
+
+            with deterministic_mode(unit.deterministic), progress.unit(unit.label):
                 _run_group(cfg, ds, split, g, mine, store, summary, say, options=unit.options)
             failed = {f["key"]: f for f in summary.failed}
             for c in mine:
@@ -362,6 +364,10 @@ def _worker_main(conn, threads: int | None) -> None:  # pragma: no cover - runs 
 
     signal.signal(signal.SIGTERM, _term)
     pin_threads(threads)
+    from bench import progress
+
+    # progress inside a cell (bench.progress.step) goes to the driver as ("progress", event)
+    progress.set_sink(lambda ev: conn.send(("progress", ev)))
     while True:
         try:
             unit = conn.recv()
@@ -458,6 +464,11 @@ class ProcessExecutor(Executor):
                             res = w.conn.recv()
                         except (EOFError, OSError):
                             res = None
+                        if isinstance(res, tuple) and len(res) == 2 and res[0] == "progress":
+                            from bench import progress
+
+                            progress.forward(res[1])  # progress inside the worker's cell, not its result
+                            continue
                         if res is not None:
                             busy.remove(w)
                             unit, w.unit = w.unit, None

@@ -202,21 +202,19 @@ def load_dataset_loader(name: str):
 
 
 def expand_methods(spec: str) -> list[str]:
-    """``all`` or a comma-separated list, validated against the registry (keeps order, dedups)."""
+    """``all``, a comma-separated list, or ``all,-name,…`` (all but those), validated against the
+    registry (keeps order, dedups). Names match case-insensitively; every unknown name is reported
+    at once, each with its closest match. A local file ``./my_method.py:MyMethod`` is loaded and
+    stands for its method's name."""
+    from bench.methodspec import expand
+
     names = method_names()
-    if spec.strip() == "all":
-        return names
-    out = []
-    for part in spec.split(","):
+    parts = []
+    for part in str(spec).split(","):
         part = part.strip()
-        if not part:
-            continue
-        if is_local_spec(part):
+        if part and is_local_spec(part):
             part = load_local_method(part).name
-        elif part not in names:
-            raise did_you_mean(part, names, "method")
-        if part not in out:
-            out.append(part)
-    if not out:
-        raise BenchError("--methods is empty", hint="e.g. --methods bt,oracle or --methods all")
-    return out
+            if part not in names:
+                names = names + [part]
+        parts.append(part)
+    return expand(",".join(parts), names)

@@ -34,6 +34,7 @@ from bench.metrics import pair_credit, user_accuracy
 from bench.registry import load_method
 from bench.splits import Split, load_or_create_split
 from bench.store import ENGINE_VERSION, ResultsStore
+from bench.text import plural
 
 if TYPE_CHECKING:
     from bench.executors import Crash, Executor, Unit
@@ -333,7 +334,7 @@ def run_many(
         units.extend(_prepare(cfg, ex, summary, log))
     n_todo = sum(len(u.cells) for u in units)
     if len(cfgs) > 1 or not isinstance(ex, InProcessExecutor):
-        log(f"{n_todo} cells to run in {len(units)} fit groups on {ex.describe()}")
+        log(f"{plural(n_todo, 'cell')} to run in {plural(len(units), 'fit group')} on {ex.describe()}")
     try:
         _drive(units, ex, summary, progress, log, n_todo, retries, poll_s)
     except KeyboardInterrupt:
@@ -418,7 +419,7 @@ def _prepare(cfg: RunConfig, ex: "Executor", summary: RunSummary, log: Callable[
     summary.planned += planned
     summary.cached += cached
     n_todo = sum(len(u.cells) for u in units)
-    log(f"{ds.name}: {planned} cells planned — {cached} cached, {n_todo} to run")
+    log(f"{ds.name}: {plural(planned, 'cell')} planned — {cached} cached, {n_todo} to run")
     local.notes = []
     _budget_notes(cfg, ds, local, groups)
     summary.notes.extend(n for n in local.notes if n not in summary.notes)
@@ -480,7 +481,7 @@ def _drive(units, ex, summary: RunSummary, progress, log, n_todo: int, retries: 
         if not waiting:
             break
         if progress:
-            progress(f"waiting for {len(waiting)} cells another run is computing", state["done"], n_todo)
+            progress(f"waiting for {plural(len(waiting), 'cell')} another run is computing", state["done"], n_todo)
         time.sleep(poll_s)
         orphans: dict[int, tuple[Unit, set[str]]] = {}
         for key, u in list(waiting.items()):
@@ -500,7 +501,7 @@ def _drive(units, ex, summary: RunSummary, progress, log, n_todo: int, retries: 
             tick(u, 1)
         pending = [u.with_cells(keys) for u, keys in orphans.values()]
         if pending:
-            log(f"{sum(len(k) for _, k in orphans.values())} cells claimed by a run that stopped; computing them here")
+            log(f"{plural(sum(len(k) for _, k in orphans.values()), 'cell')} claimed by a run that stopped; computing them here")
     if progress:
         progress("done", state["done"], n_todo)
 
@@ -523,7 +524,7 @@ def _crashed(u: "Unit", res: "Crash", attempts: dict[str, int], retries: int, su
     for k in left:
         attempts[k] = n
     if n <= retries:
-        log(f"[warn] {u.label}: {res.reason}; retrying its {len(left)} cells (attempt {n + 1} of {retries + 1})")
+        log(f"[warn] {u.label}: {res.reason}; retrying its {plural(len(left), 'cell')} (attempt {n + 1} of {retries + 1})")
         return [u.with_cells(left)]
     err = f"WorkerCrash: {res.reason} ({n} attempt{'s' if n > 1 else ''})"
     log(f"[error] {u.label} failed: {err}")

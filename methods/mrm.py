@@ -44,6 +44,7 @@ import numpy as np
 from bench.api import Context, Method, ParamCount, Queries, UserPairs, count_tensors
 from bench.errors import BenchError
 from bench.methods._common import unique_rows
+from bench.progress import step as progress_step
 
 ADAM_BETAS = (0.9, 0.999)
 _BLAS_SYMBOLS = (
@@ -674,6 +675,7 @@ class MRM(Method):
         best = (-np.inf, None)
         since_best = 0
         for epoch in range(1, int(self.epochs) + 1):
+            progress_step(epoch - 1, int(self.epochs), "epoch")
             plan = _Epoch(lay, rng, int(self.meta_batch), split)
             loss_sum = 0.0
             for j in range(plan.n_steps):

@@ -25,6 +25,7 @@ from bench.api import Context, ParamCount, Queries, UserPairs, count_tensors
 from bench.errors import BenchError
 from bench.methods._common import unique_rows
 from bench.methods.mrm import ADAM_BETAS, MRM, _Epoch, _Layout, adam_eps, combine_losses, cosine_lambda
+from bench.progress import step as progress_step
 
 
 class _Ablation(MRM):
@@ -405,6 +406,7 @@ class MRMNoBasis(_Ablation):
         rng = np.random.default_rng([int(ctx.seed), 0x4D524D])
         self.epoch_losses_ = []
         for epoch in range(1, int(self.epochs) + 1):
+            progress_step(epoch - 1, int(self.epochs), "epoch")
             plan = _Epoch(lay, rng, int(self.meta_batch), split=True)
             loss_sum = 0.0
             for j in range(plan.n_steps):
