@@ -25,6 +25,7 @@ from bench.api import Context, ParamCount, Queries, UserPairs, count_tensors
 from bench.errors import BenchError
 from bench.methods._common import unique_rows
 from bench.methods.mrm import ADAM_BETAS, MRM, _Epoch, _Layout, adam_eps, combine_losses, cosine_lambda
+from bench.threads import torch_threads
 
 
 def torch_addcmul(p, a, b, value: float):
@@ -461,15 +462,9 @@ class MRMNoBasis(_Ablation):
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: UserPairs, ctx: Context) -> "MRMNoBasis":
-        import torch
-
         # small operations: extra intra-op threads only wait on each other on a shared CPU
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             return self._fit(train, ctx)
-        finally:
-            torch.set_num_threads(old)
 
     def _fit(self, train: UserPairs, ctx: Context) -> "MRMNoBasis":
         import torch
@@ -581,14 +576,8 @@ class MRMNoBasis(_Ablation):
         return self
 
     def score(self, queries: Queries) -> np.ndarray:
-        import torch
-
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             return self._score(queries)
-        finally:
-            torch.set_num_threads(old)
 
     def _score(self, queries: Queries) -> np.ndarray:
         import torch
