@@ -67,19 +67,11 @@ def threads_per_worker(jobs: int, threads: int | None) -> int | None:
 
 
 def pin_threads(n: int | None) -> None:
-    """Limit BLAS/OpenMP (threadpoolctl) and torch to ``n`` threads in this process."""
-    if n is None:
-        return
-    try:
-        from threadpoolctl import threadpool_limits
+    """Limit BLAS/OpenMP and torch to ``n`` threads in this process; ``None``: the default
+    policy of :mod:`bench.threads` (BLAS on the available cores, torch on one thread)."""
+    from bench.threads import apply
 
-        threadpool_limits(limits=int(n))
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        pass
-    if "torch" in sys.modules:
-        import torch
-
-        torch.set_num_threads(int(n))
+    apply(n)
 
 
 @contextlib.contextmanager

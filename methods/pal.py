@@ -77,21 +77,12 @@ class RowAdam:
             self.p[rows] -= self.lr * (m / (1 - self.b1**t)) / denom
 
 
-class _one_thread:
-    """Run torch single-threaded inside the block (minibatch steps of a few rows gain nothing from
-    more threads, and on a shared CPU extra threads mostly spin); restores the setting after."""
+def _one_thread():
+    """torch single-threaded inside the block (minibatch steps of a few rows gain nothing from
+    more threads, and on a shared CPU extra threads mostly wait); restores the setting after."""
+    from bench.threads import torch_threads
 
-    def __enter__(self):
-        import torch
-
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.n)
-        return False
+    return torch_threads(1)
 
 
 class _PALBase(Method):
