@@ -664,7 +664,7 @@ def _run_group(
 ) -> int:
     _set_threads(cfg.threads)
     ctx = make_context(ds, g.seed, cfg.device, cfg.threads, options if options is not None else cfg.options)
-    from bench.tuning import domain_notes
+    from bench.tuning import domain_notes, wrap
 
     tuning = cells[0].cell.get("tuning") if cells else None
     t_fit = time.perf_counter()
@@ -680,7 +680,7 @@ def _run_group(
             g = FitGroup(g.method, g.cls, chosen, g.seed, g.shots, g.cells)
         notes = domain_notes(g.method, g.params, ds)
         for n in notes:
-            log(f"[note] {n}")
+            log(wrap(f"[note] {n}"))
         method = g.cls(**g.params)
         seen_train = pair_view(ds, split, split.budget_mask(g.shots, 0) & split.seen[split.user_index])
         method.fit(seen_train, ctx)

@@ -277,7 +277,7 @@ def select(cls, spec: dict[str, Any], ds, split, shots, unseen_shots, make_ctx, 
             results.append(r)
             if log:
                 s = "failed" if r["score"] is None else f"{r['score'] * 100:.2f}"
-                log(_wrap(f"  tune {label} seed {split.seed}: candidate {i} val {s}: {_diff(params, cands[0]) or '(official)'}"))
+                log(wrap(f"  tune {label} seed {split.seed}: candidate {i} val {s}: {_diff(params, cands[0]) or '(official)'}"))
         scores = [(-1.0 if r["score"] is None or not np.isfinite(r["score"]) else r["score"]) for r in results]
         if max(scores) < 0:
             raise BenchError(f"{label or cls.name}: every tuning candidate failed: {results[0]['error']}",
@@ -296,11 +296,11 @@ def select(cls, spec: dict[str, Any], ds, split, shots, unseen_shots, make_ctx, 
         "seconds": time.perf_counter() - t0,
     }
     if log:
-        log(_wrap(f"  tune {label} seed {split.seed}: chose candidate {chosen}: {report['changed'] or '(official)'}"))
+        log(wrap(f"  tune {label} seed {split.seed}: chose candidate {chosen}: {report['changed'] or '(official)'}"))
     return cands[chosen], report
 
 
-def _wrap(line: str) -> str:
+def wrap(line: str) -> str:
     """80 columns: continuation lines indented under the first."""
     import textwrap
 
