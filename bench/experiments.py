@@ -377,6 +377,9 @@ def build_plan(
                     continue
                 analyses.append(AnalysisJob(name, spec, s.id, method, ov, seeds, s.shots, s.unseen_shots,
                                             [g.cells[0].key for g in groups]))
+                if out.get("tuned"):  # the honest alternative: the same method tuned on validation (bench/tuning.py)
+                    add(name, s, spec, f"{method}@tuned", _row_label(cfg, f"{method}@tuned", spec, roles[s.role]),
+                        dict(out.get("params") or {}), [s.unseen_shots], seeds)
     if method_notes:
         notes.insert(0, f"not installed, so not run (install them, then rerun `bench paper`): {', '.join(method_notes)}")
     return Plan(cfg, list(datasets), roles, settings, assignments, list(jobs.values()), analyses, notes, skipped,

@@ -667,6 +667,7 @@ def _run_group(
     from bench.tuning import domain_notes, wrap
 
     tuning = cells[0].cell.get("tuning") if cells else None
+    run_params = g.params  # a tuned cell runs its chosen candidate; its rows keep the anchor (official) params
     t_fit = time.perf_counter()
     try:
         if tuning is not None:  # choose on validation carved from seen users' train halves (bench/tuning.py)
@@ -677,11 +678,11 @@ def _run_group(
                 lambda: make_context(ds, g.seed, cfg.device, cfg.threads, options if options is not None else cfg.options),
                 log=log, label=g.method,
             )
-            g = FitGroup(g.method, g.cls, chosen, g.seed, g.shots, g.cells)
-        notes = domain_notes(g.method, g.params, ds)
+            run_params = chosen
+        notes = domain_notes(g.method, run_params, ds)
         for n in notes:
             log(wrap(f"[note] {n}"))
-        method = g.cls(**g.params)
+        method = g.cls(**run_params)
         seen_train = pair_view(ds, split, split.budget_mask(g.shots, 0) & split.seen[split.user_index])
         method.fit(seen_train, ctx)
         _set_threads(cfg.threads)

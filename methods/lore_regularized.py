@@ -11,7 +11,7 @@ reward model's direction, with ``α_t`` 0 for the first 20 % of steps, rising li
 Unseen users fit new weights on the kept basis: 500 Adam steps at lr 0.5.
 
 This file is the harness's own NumPy implementation (gradients written out, no autograd);
-``methods/lore-regularized.md`` lists where it departs from the official code (the reference
+``methods/lore_regularized.md`` lists where it departs from the official code (the reference
 direction ``v_ref`` foremost: the official script reads the Skywork reward head).
 """
 

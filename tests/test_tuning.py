@@ -145,7 +145,8 @@ def test_tuned_run_stores_the_choice_and_is_keyed_apart(tmp_path, cli):
     chosen = rows[rows["method"] == "bt@tuned"]["params"].iloc[0]
     import json
 
-    assert json.loads(chosen) == t["chosen"]
+    assert json.loads(chosen) == t["candidates"][0]  # rows keep the anchor, so splits group as one row
+    assert t["chosen"] == t["candidates"][t["chosen_index"]]
     assert "tune bt@tuned seed 0: chose candidate" in out.replace("\n", " ")
     # resumed: nothing recomputed
     code, out, _ = cli("run", "--methods", "bt@tuned", "--dataset", TINY_PRISM, "--seeds", "0",
