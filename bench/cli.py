@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=_positive_int, default=None,
                    help="BLAS and torch threads per worker (default: all CPUs for --jobs 1, else CPUs ÷ jobs)")
     r.add_argument("--no-table", action="store_true", help="do not print the table at the end")
+    r.add_argument("--tune", action="store_true",
+                   help="tune every method on validation data from seen users' train halves (METHOD@tuned; docs/tuning.md)")
     add_executor_args(r)
 
     ls = sub.add_parser("list", help="list methods and datasets with their capabilities")
@@ -273,6 +275,8 @@ def _cmd_run(args) -> int:
 
     console = _console()
     methods = expand_methods(args.methods)
+    if getattr(args, "tune", False):  # every method as METHOD@tuned (bench/tuning.py)
+        methods = list(dict.fromkeys(m if m.endswith("@tuned") else f"{m}@tuned" for m in methods))
     shots = "default" if args.shots == "default" else parse_budget(args.shots, "--shots")
     if args.unseen_shots == "default":
         unseen = "default"
@@ -284,7 +288,8 @@ def _cmd_run(args) -> int:
         raise BenchError(f"--test-fraction must be in (0, 1], got {args.test_fraction}", hint="e.g. --test-fraction 0.25, or leave it out to score every test pair")
     if not 0 < args.seen_ratio < 1:
         raise BenchError(f"--seen-ratio must be in (0, 1), got {args.seen_ratio}", hint="the fraction of users that are seen, e.g. --seen-ratio 0.5")
-    per_method, global_params = parse_overrides(args.param, methods)
+    bases = [m[: -len("@tuned")] for m in methods if m.endswith("@tuned")]  # --param mrm.x also sets mrm@tuned's anchor
+    per_method, global_params = parse_overrides(args.param, list(dict.fromkeys(methods + bases)))
     cfg = RunConfig(
         methods=methods,
         dataset=args.dataset,

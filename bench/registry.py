@@ -217,4 +217,14 @@ def expand_methods(spec: str) -> list[str]:
             if part not in names:
                 names = names + [part]
         parts.append(part)
-    return expand(",".join(parts), names)
+    # METHOD@tuned (bench/tuning.py): the base name is validated like any other, the suffix kept
+    tuned = [p for p in parts if p.endswith("@tuned")]
+    plain = [p for p in parts if p and not p.endswith("@tuned")]
+    out = expand(",".join(plain), names) if plain else []
+    for p in tuned:
+        (base,) = expand(p[: -len("@tuned")], names)
+        if f"{base}@tuned" not in out:
+            out.append(f"{base}@tuned")
+    if not out:
+        raise BenchError("--methods is empty", hint="e.g. --methods bt,oracle or --methods all")
+    return out

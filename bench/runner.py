@@ -138,8 +138,11 @@ def plan(
     shots, unseen_list = resolve_budgets(cfg, ds)
     groups: list[FitGroup] = []
     for name in cfg.methods:
+        from bench.tuning import split_name, tuning_spec
+
+        base, tuned = split_name(name)  # "mrm@tuned": mrm, tuned on validation data (bench/tuning.py)
         try:
-            cls = load_method(name)
+            cls = load_method(base)
         except BenchError as e:  # a broken plugin: with --methods all it is skipped, the others run
             if not cfg.skip_unavailable:
                 raise
@@ -151,12 +154,13 @@ def plan(
                 summary.skipped[name] = why
                 continue
             raise BenchError(f"method '{name}' cannot run on dataset '{ds.name}': it {why}", hint="pick another method or dataset (bench list shows what each needs and provides)")
-        overrides = dict(cfg.params.get(name, {}))
+        overrides = {**cfg.params.get(base, {}), **cfg.params.get(name, {})}
         for k, v in cfg.global_params.items():
             if k in cls.param_names():
                 overrides.setdefault(k, v)
         params = resolve_params(cls, ds.family, overrides, dataset=ds.name)
         source = cls.source_hash()
+        spec = tuning_spec(base, ds.family, ds.name, params) if tuned else None
         for seed in cfg.seeds:
             cells = []
             for unseen in unseen_list:
@@ -174,8 +178,13 @@ def plan(
                     "source": source,
                     "params": params,
                 }
+                if spec is not None:
+                    cell["tuning"] = spec  # tuned cells are keyed apart from official ones
                 cells.append(CellPlan(hash_obj(cell), cell, unseen))
-            groups.append(FitGroup(name, cls, params, int(seed), shots, cells))
+            if spec is not None:  # the choice depends on the unseen budget: one fit group per budget
+                groups.extend(FitGroup(name, cls, params, int(seed), shots, [c]) for c in cells)
+            else:
+                groups.append(FitGroup(name, cls, params, int(seed), shots, cells))
     if cfg.global_params:
         used = {k for k in cfg.global_params for g in groups if k in g.cls.param_names()}
         unused = sorted(set(cfg.global_params) - used)
@@ -640,9 +649,25 @@ def _run_group(
 ) -> int:
     _set_threads(cfg.threads)
     ctx = make_context(ds, g.seed, cfg.device, cfg.threads, options if options is not None else cfg.options)
+    from bench.tuning import domain_notes, wrap
+
+    tuning = cells[0].cell.get("tuning") if cells else None
+    run_params = g.params  # a tuned cell runs its chosen candidate; its rows keep the anchor (official) params
     t_fit = time.perf_counter()
     try:
-        method = g.cls(**g.params)
+        if tuning is not None:  # choose on validation carved from seen users' train halves (bench/tuning.py)
+            from bench.tuning import select
+
+            chosen, report = select(
+                g.cls, tuning, ds, split, g.shots, cells[0].unseen_shots,
+                lambda: make_context(ds, g.seed, cfg.device, cfg.threads, options if options is not None else cfg.options),
+                log=log, label=g.method,
+            )
+            run_params = chosen
+        notes = domain_notes(g.method, run_params, ds)
+        for n in notes:
+            log(wrap(f"[note] {n}"))
+        method = g.cls(**run_params)
         seen_train = pair_view(ds, split, split.budget_mask(g.shots, 0) & split.seen[split.user_index])
         method.fit(seen_train, ctx)
         _set_threads(cfg.threads)
@@ -670,6 +695,9 @@ def _run_group(
                 )
             rows, meta = _cell_rows(ds, split, g, c, method, support, queries, a_is_chosen, margin)
             meta["timing"] = {"fit_s": fit_s, "adapt_s": t1 - t0, "score_s": t2 - t1, "fit_shared_by": len(cells)}
+            meta["domain_notes"] = notes
+            if tuning is not None:
+                meta["tuning"] = report
             store.write_cell(c.key, rows, meta)
             ok += 1
         except (KeyboardInterrupt, StorageError):

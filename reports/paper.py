@@ -137,8 +137,11 @@ def render_output(rs: ResultSet, name: str, out_dir: Path) -> OutputReport:
                        for a in jobs for seed, k in zip(a.seeds, a.keys) if k not in have]
         if len(traj) and jobs:
             header = provenance_header(name, sorted(have), rep.missing, plan)
+            slots = rs.slots(name)  # METHOD@tuned cells of the same splits, when the output asks for them
+            tuned = slots[(slots["state"] == "done") & slots["method"].astype(str).str.endswith("@tuned")] if len(slots) else slots
             files, md, notes = selection_bias.render(traj, out_dir, name, plan.method_label(jobs[0].method),
-                                                     plan.settings[jobs[0].setting].label, header)
+                                                     plan.settings[jobs[0].setting].label, header,
+                                                     tuned=tuned if len(tuned) else None)
             rep.files += files
             rep.markdown = md
             rep.notes += notes

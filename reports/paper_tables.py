@@ -54,6 +54,7 @@ class Grid:
     extra_rows: list[tuple[str, list[str]]] = field(default_factory=list)
     tests: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    blocks: list[tuple[int, str]] = field(default_factory=list)  # (first row, title): Table 1's official / tuned blocks
 
     def __post_init__(self):
         if self.markers is None:
@@ -209,9 +210,15 @@ def table1(rs, output: str) -> Grid:
     rows = list(dict.fromkeys(zip(slots["variant"], slots["method"])))
     order = {m: i for i, m in enumerate(cfg.get("methods", []))}
     unranked = set(cfg.get("unranked", []))
-    # unranked rows (the oracle ceiling) go last; otherwise the experiment file's order
-    rows.sort(key=lambda r: (r[1] in unranked, order.get(r[1], 99)))
+    # unranked rows (the oracle ceiling) go last; otherwise the experiment file's order; rows
+    # METHOD@tuned (bench/tuning.py) form a second block after the official settings
+    tuned = lambda m: m.endswith("@tuned")  # noqa: E731
+    base = lambda m: m[: -len("@tuned")] if tuned(m) else m  # noqa: E731
+    rows.sort(key=lambda r: (r[1] in unranked, tuned(r[1]), order.get(base(r[1]), 99)))
     grid = build_grid(output, slots, rows, columns, unranked)
+    if any(tuned(m) for _, m in rows):
+        first_tuned = next(i for i, (_, m) in enumerate(rows) if tuned(m))
+        grid.blocks = [(0, "Official settings"), (first_tuned, "Tuned on validation (equal budget, docs/tuning.md)")]
     alpha = float(plan.config.get("alpha", 0.05))
     n_unit = str(plan.config.get("n_unit", "users"))
     mark_best_vs_rest(rs, grid, alpha, n_unit)
@@ -314,6 +321,12 @@ def to_latex(grid: Grid, caption: str, label: str, header: str = "", row_title: 
             if line.startswith(first + " &"):
                 lines.insert(n, "\\midrule")
                 break
+    for b, (row, title) in enumerate(grid.blocks):  # a title row (after a rule) above each block
+        for n, line in enumerate(lines):
+            if line.startswith(index[row] + " &"):
+                lines[n:n] = ([] if b == 0 else ["\\midrule"]) + [
+                    f"\\multicolumn{{{len(grid.columns) + 1}}}{{l}}{{\\emph{{{_latex_escape(title)}}}}} \\\\"]
+                break
     return header + "\n".join(lines)
 
 
@@ -331,7 +344,10 @@ def to_markdown(grid: Grid) -> str:
     head = ["Method"] + [f"{c.group} · {c.label}" for c in grid.columns]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ranks = [grid.ranks(j) for j in range(len(grid.columns))]
+    starts = dict(grid.blocks)
     for i, r in enumerate(grid.rows):
+        if i in starts:
+            out.append("| " + " | ".join([f"*{starts[i]}*"] + [""] * len(grid.columns)) + " |")
         cells = []
         for j in range(len(grid.columns)):
             t = grid.cell_text(i, j) + grid.markers[i, j]
