@@ -145,9 +145,13 @@ def main() -> int:
         path = Path(__file__).resolve().parent.parent / "bench" / "plan_costs.py"
         old = {}
         if path.exists():
-            ns: dict = {}
-            exec(path.read_text(), ns)  # noqa: S102 - our own generated file
-            old = {k: v for k, v in ns.get("COSTS", {}).items() if k != "_machine"}
+            import ast
+
+            tree = ast.parse(path.read_text())
+            found = [n.value for n in tree.body if isinstance(n, ast.Assign)
+                     and any(getattr(t, "id", None) == "COSTS" for t in n.targets)]
+            costs_old = ast.literal_eval(found[0]) if found else {}
+            old = {k: v for k, v in costs_old.items() if k != "_machine"}
         old.update(costs)
         note = (f"measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPUs, {args.threads} threads, "
                 f"load {load[0]:.1f}, {args.dataset}")

@@ -464,6 +464,7 @@ def test_textprefs_cache_case(tmp_path, monkeypatch, textprefs_cache, case):
 TINY = "synthetic-prism:dim=32,users=12"
 FLAG_CASES = [
     # (id, extra args, error regex); run in-process through bench.cli.main
+    ("repeats-0", ["--repeats", "0"], r"--repeats must be ≥ 1, got 0"),
     ("param-int-text", ["--param", "bt.iterations=abc"], r"--param bt.iterations='abc': expected an integer, got str"),
     ("param-int-frac", ["--param", "bt.iterations=2.5"], r"expected an integer, got float"),
     ("param-int-bool", ["--param", "bt.iterations=true"], r"expected an integer, got bool"),
@@ -487,7 +488,6 @@ FLAG_CASES = [
     ("unknown-method", ["--methods", "btt"], r"unknown method 'btt'"),
 ]
 ARGPARSE_CASES = [
-    ("repeats-0", ["--repeats", "0"], r"must be a positive integer"),
     ("repeats-text", ["--repeats", "x"], r"is not an integer"),
     ("seen-ratio-text", ["--seen-ratio", "half"], r"invalid float value"),
 ]

@@ -27,8 +27,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("bench.features", "bench.llm"),  # feature extraction, LLM engines
     ("bench.methods",),
     ("bench.executors",),
-    ("bench.runner", "bench.features.parallel"),
-    ("bench.analysis", "bench.experiments", "bench.reports", "bench.testing"),
+    # tuning runs candidate fits through the runner's cell code, and the runner expands METHOD@tuned
+    ("bench.runner", "bench.features.parallel", "bench.tuning"),
+    ("bench.plan", "bench.analysis", "bench.experiments", "bench.reports", "bench.testing"),
     ("bench.cli", "bench.commands", "bench.__main__"),
 ]
 

@@ -123,7 +123,7 @@ def test_total_eta_uses_estimates_rescaled_by_finished_groups():
 
 def test_run_without_terminal_prints_progress_lines(tmp_path):
     r = _bench("run", "--methods", "bt", "--dataset", TINY_PRISM, "--repeats", "1", "--results", tmp_path,
-               "--param", "bt.iterations=4000", env={"BENCH_PROGRESS_EVERY": "0.5", "COLUMNS": "80"})
+               "--param", "bt.iterations=60000", env={"BENCH_PROGRESS_EVERY": "0.2", "COLUMNS": "80"})
     assert r.returncode == 0, r.stderr
     assert "preparing: loading the data, making splits" in r.stdout
     assert "bt seed 0: iteration" in r.stdout and "bt seed 0 finished in" in r.stdout
