@@ -5,7 +5,10 @@
 Per dataset and method: Overall / Seen / Unseen accuracy, mean ± std over the splits present
 (macro over users per split, as Table 1), the number of splits, the tuned − official paired
 difference of Overall (mean, and how many splits it is positive on), and how often the tuned
-run chose each candidate (0 = the official setting).
+run chose each candidate (0 = the official setting). Then the verdicts with the calibrated
+statistics (`bench compare`'s crossed users × splits t, Holm over each dataset's comparisons):
+tuned − official per method, MRM's per-user step (`mrm` − `mrm-no-adapt`) under official and
+tuned settings, and the Overall ranking under each.
 """
 
 from __future__ import annotations
@@ -53,9 +56,48 @@ def main(root: str) -> None:
                 cnt = Counter(choice.get((ds, meth, int(s)), (None, ""))[0] for s in g["seed"])
                 ch = ", ".join(f"c{k}×{v}" for k, v in sorted(cnt.items(), key=lambda kv: str(kv[0])))
             print(f"| {meth} | {len(g)} | {f('overall')} | {f('seen')} | {f('unseen')} | {diff} | {ch} |")
+    verdicts(rows)
     print("\nchosen configurations:")
     for (ds, meth, seed), (i, changed) in sorted(choice.items()):
         print(f"  {ds} {meth} seed {seed}: c{i} {changed or '(official)'}")
+
+
+def verdicts(rows: pd.DataFrame) -> None:
+    from bench.commands.compare import select
+    from bench.comparison import compare
+    from bench.errors import BenchError
+    from bench.stats import holm
+
+    print("\n## Verdicts (Overall, crossed users × splits t, 95% CI, Holm within a dataset)\n")
+    print("| dataset | A − B | splits | A − B (points) | 95% CI | p | p Holm |")
+    print("|---|---|---|---|---|---|---|")
+    for ds in sorted(set(rows["dataset"])):
+        methods = set(rows.loc[rows["dataset"] == ds, "method"])
+        pairs = [(m, m[: -len("@tuned")]) for m in sorted(methods) if m.endswith("@tuned") and m[: -6] in methods]
+        pairs += [(a, b) for a, b in (("mrm", "mrm-no-adapt"), ("mrm@tuned", "mrm-no-adapt@tuned"))
+                  if a in methods and b in methods]
+        found = []
+        for a, b in pairs:
+            try:
+                ra, rb, va, vb, _, _ = select(rows, a, b, ds)
+            except BenchError as e:
+                print(f"| {ds} | {a} − {b} | – | {e} | | | |")
+                continue
+            found.append((a, b, compare(ra, rb, va, vb, metric="overall")))
+        adj = holm([c.pvalue for _, _, c in found])
+        for (a, b, c), ph in zip(found, adj):
+            cr = c.crossed
+            ci = f"[{cr.ci_low * 100:+.2f}, {cr.ci_high * 100:+.2f}]" if cr.ok else cr.note
+            pv = f"{cr.pvalue:.3g}" if cr.ok else "–"
+            print(f"| {ds} | {a} − {b} | {c.n_splits} | {c.diff * 100:+.2f} | {ci} | {pv} | "
+                  f"{ph:.3g}{' *' if ph < 0.05 else ''} |")
+    print("\nOverall ranking (mean over the splits each method has):")
+    for ds in sorted(set(rows["dataset"])):
+        d = rows[rows["dataset"] == ds]
+        acc = d.groupby(["method", "split_seed"])["accuracy"].mean().groupby("method").mean()
+        for label, keep in (("official", lambda m: not m.endswith("@tuned")), ("tuned", lambda m: m.endswith("@tuned"))):
+            r = acc[[keep(m) for m in acc.index]].sort_values(ascending=False)
+            print(f"  {ds} {label}: " + " > ".join(f"{m.replace('@tuned', '')} {v * 100:.1f}" for m, v in r.items()))
 
 
 if __name__ == "__main__":
