@@ -38,7 +38,9 @@ def variant_labels(rows: pd.DataFrame) -> pd.Series:
     Within one setting (dataset, budgets, test fraction), a method run with several parameter
     sets gets ``method[k=v,…]`` (the keys that differ) and one run on several feature models gets
     ``method (model)``. Parameters that differ only *between* settings (e.g. MRM's per-family
-    learning rates) do not split a method into several rows.
+    learning rates) do not split a method into several rows, and neither do the parameters of a
+    ``METHOD@tuned`` method: its configuration is chosen per split on validation data by design
+    (results written before the rows kept the official anchor carry the chosen one).
     """
     labels = rows["method"].astype(str).copy()
     setting = pd.Series(
@@ -47,7 +49,7 @@ def variant_labels(rows: pd.DataFrame) -> pd.Series:
     )
     feats = rows["features"].astype(str) if "features" in rows.columns else pd.Series("", index=rows.index)
     for (m, _st), g in rows.groupby([rows["method"], setting], sort=False):
-        variants = g["params"].unique()
+        variants = g["params"].unique() if not str(m).endswith("@tuned") else g["params"].unique()[:1]
         models = feats[g.index].unique()
         if len(variants) <= 1 and len(models) <= 1:
             continue
@@ -56,7 +58,7 @@ def variant_labels(rows: pd.DataFrame) -> pd.Series:
         differing = [k for k in keys if len({json.dumps(d.get(k), sort_keys=True) for d in dicts.values()}) > 1]
         for idx, p, f in zip(g.index, g["params"], feats[g.index]):
             label = m
-            if differing:
+            if differing and len(variants) > 1:
                 label += "[" + ",".join(f"{k}={dicts[p].get(k)}" for k in differing) + "]"
             if len(models) > 1:
                 label += f" ({f.rstrip('/').split('/')[-1]})"

@@ -25,3 +25,15 @@ def test_several_params_or_feature_models_in_one_setting_are_qualified():
         _rows("bt", "prism", {}, "org/Skywork-V2"),
     ])
     assert variant_labels(rows).tolist() == ["mrm[rho=0.5]", "mrm[rho=0.1]", "bt (Skywork-V1)", "bt (Skywork-V2)"]
+
+
+def test_a_tuned_method_is_one_row_whatever_each_split_chose():
+    # METHOD@tuned picks its configuration per split on validation data; older results carry the
+    # chosen parameters in their rows, and they must still read as one method (bench compare).
+    rows = pd.DataFrame([
+        _rows("mrm@tuned", "prism", {"lr": 1e-3, "rho": 0.5}),
+        _rows("mrm@tuned", "prism", {"lr": 1e-2, "rho": 0.1}),
+        _rows("mrm", "prism", {"lr": 1e-3, "rho": 0.5}),
+        _rows("mrm", "prism", {"lr": 1e-3, "rho": 0.1}),
+    ])
+    assert variant_labels(rows).tolist() == ["mrm@tuned", "mrm@tuned", "mrm[rho=0.5]", "mrm[rho=0.1]"]
