@@ -151,7 +151,9 @@ def _on_ray(spec, model, kinds, workers, extract, ray_address, tensor_parallel, 
             kw["address"] = ray_address
         ray.init(**kw)
         started = True
-    gpu = str(device).startswith("cuda") or model.get("backend") == "vllm"
+    from bench.llm.vllm_compat import runs_on_cpu
+
+    gpu = str(device).startswith("cuda") or (model.get("backend") == "vllm" and not runs_on_cpu())
     opts: dict[str, Any] = {"num_cpus": float(threads or 1), "max_retries": 1, "runtime_env": {"env_vars": env}}
     if gpu:
         opts["num_gpus"] = float(tensor_parallel)
