@@ -136,3 +136,17 @@ def test_installed_vllm_api_is_understood():
 
     if not torch.cuda.is_available():
         assert api.cpu, "vLLM without a GPU must be the CPU build"
+
+
+def test_data_parallel_cpu_workers_get_disjoint_cores(monkeypatch):
+    import os
+
+    from bench.features.parallel import cpu_binds
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert cpu_binds(2, 1) == ["0", "1"]
+    assert cpu_binds(2, None) == ["0,1", "2,3"]
+    assert cpu_binds(3, 2) == [None, None, None]  # 6 cores asked of 4: vLLM's own binding
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
+    assert cpu_binds(2, 1) == [None, None]  # the user's choice stands
