@@ -174,8 +174,9 @@ class Method:
     summary: ClassVar[str] = ""
     #: parameters small enough for the contract tests (tiny synthetic data, seconds on a CPU)
     test_params: ClassVar[dict[str, Any]] = {}
-    #: "personalized input", "personalized parameter", "meta-learning", "reference"
-    kind: ClassVar[str] = "reference"
+    #: "personalized input", "personalized parameter", "meta-learning", "reference" (shown by
+    #: ``bench list``, used for markers in figures); a method that does not say is "other"
+    kind: ClassVar[str] = "other"
     #: what one fit group asks of a Ray cluster (``bench run --executor ray``): ``num_cpus``,
     #: ``num_gpus``, ``memory`` (bytes) or custom Ray resources. Empty: ``--threads`` CPUs (1 by
     #: default) and one GPU when ``gpu`` is in ``requires`` or ``--device`` is CUDA. Override

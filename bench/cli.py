@@ -24,16 +24,38 @@ EXTRA_VERBS: list[str] = ["bench.commands.embed", "bench.commands.compare", "ben
 
 
 def _console(stderr: bool = False):
+    """A console as wide as the terminal; without one, COLUMNS or 80 columns for tables, and plain
+    text is not hard-wrapped (a message in a log file stays one line)."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=max(100, _term_width()))
+    stream = sys.stderr if stderr else sys.stdout
+    tty = _isatty(stream)
+    return Console(stderr=stderr, highlight=False, soft_wrap=not tty and not _columns_env(), width=_term_width(stream))
 
 
-def _term_width() -> int:
+def _isatty(stream) -> bool:
     try:
-        return os.get_terminal_size().columns
-    except OSError:
-        return 160
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _columns_env() -> int | None:
+    try:
+        n = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        return None
+    return n if n > 0 else None
+
+
+def _term_width(stream=None) -> int:
+    stream = stream or sys.stdout
+    if _isatty(stream):
+        try:
+            return os.get_terminal_size(stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            pass
+    return _columns_env() or 80
 
 
 def default_repeats(spec: str) -> int:
@@ -72,6 +94,17 @@ def parse_seeds(repeats: int | None, seeds: str | None, default: int = 20) -> li
     if n < 1:
         raise BenchError(f"--repeats must be ≥ 1, got {n}", hint="e.g. --repeats 5")
     return list(range(n))
+
+
+def _integer(text: str) -> int:
+    """An integer (range checks happen later, with a one-line message and a fix)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if not v.is_integer():
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer")
+    return int(v)
 
 
 def _positive_int(text: str) -> int:
@@ -130,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", metavar="VERB")
 
     r = sub.add_parser("run", help="run the missing cells of methods × splits and print the Table-1 block")
-    r.add_argument("--methods", default="bt,oracle", help="comma-separated method names, or 'all' (default: bt,oracle)")
+    r.add_argument("--methods", default="bt,oracle",
+                   help="comma-separated method names, 'all', or all but some: all,-gpo (default: bt,oracle)")
     r.add_argument("--dataset", default="synthetic-prism", help="a dataset name, NAME:key=value,…, or a directory")
     r.add_argument("--shots", default="default", help="max train pairs per seen user: N or 'all' (default: the dataset's)")
     r.add_argument(
@@ -138,23 +172,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="max support pairs per unseen user: M, 'all', or a list like 5,10,50 (a few-shot curve)",
     )
-    r.add_argument("--repeats", type=_positive_int, default=None, help="number of splits, seeds 0..N-1 (default 20, or the dataset's `repeats`)")
+    r.add_argument("--repeats", type=_integer, default=None, help="number of splits, seeds 0..N-1 (default 20, or the dataset's `repeats`)")
     r.add_argument("--seeds", default=None, help="explicit split seeds, e.g. 0-4,10 (overrides --repeats)")
     r.add_argument("--seen-ratio", type=float, default=0.5, help="fraction of users that are seen (default 0.5)")
     r.add_argument("--param", action="append", default=[], metavar="[METHOD.]KEY=VALUE", help="override a method parameter")
     r.add_argument("--test-fraction", type=float, default=None, help="score a fixed random fraction of each user's test pairs")
     r.add_argument("--results", default=DEFAULT_RESULTS, help=f"results directory (default ./{DEFAULT_RESULTS})")
+    r.add_argument("--plan", "--dry-run", dest="plan", action="store_true",
+                   help="print the cells and a time estimate per method, then stop (nothing runs or is written)")
     r.add_argument("--device", default="cpu", help="torch device for methods (cpu, cuda, cuda:1)")
     r.add_argument("--threads", type=_positive_int, default=None,
                    help="BLAS and torch threads per worker (default: all CPUs for --jobs 1, else CPUs ÷ jobs)")
     r.add_argument("--no-table", action="store_true", help="do not print the table at the end")
+    r.add_argument("--tune", action="store_true",
+                   help="tune every method on validation data from seen users' train halves (METHOD@tuned; docs/tuning.md)")
     add_executor_args(r)
 
     ls = sub.add_parser("list", help="list methods and datasets with their capabilities")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
     rep = sub.add_parser("report", help="render Table-1 style results from a results directory")
-    rep.add_argument("--results", default=DEFAULT_RESULTS)
+    rep.add_argument("--results", default=DEFAULT_RESULTS,
+                     help=f"the results directory `bench run --results` wrote (default ./{DEFAULT_RESULTS})")
     rep.add_argument("--dataset", default=None, help="only this dataset (name as stored)")
     rep.add_argument("--methods", default=None, help="only these methods (comma-separated)")
     rep.add_argument("--latex", default=None, help="write the LaTeX table to this file (default RESULTS/reports/table1.tex)")
@@ -175,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "card": cmd_card}
+    from bench.clihelp import handle_sigterm, restore_sigterm
+
+    old_term = handle_sigterm()  # SIGTERM stops a run as Ctrl-C does: finished cells kept, claims released
     try:
         if args.verb in handlers:
             return handlers[args.verb](args)
@@ -188,8 +230,11 @@ def main(argv: list[str] | None = None) -> int:
             err.print(f"  [bold]fix:[/bold] {escape(e.hint)}", markup=True)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+        from bench.clihelp import interrupted_code
+
+        code, word = interrupted_code()
+        print(f"\n{word}", file=sys.stderr)
+        return code
     except BrokenPipeError:  # e.g. `bench card mrm | head`
         try:
             sys.stdout = open(os.devnull, "w")
@@ -205,20 +250,33 @@ def main(argv: list[str] | None = None) -> int:
         err = storage_error(e, where, Path(e.filename).name if e.filename else "a file", "write somewhere else")
         _console(stderr=True).print(f"error: {err.message}\n  fix: {err.hint}", markup=False, highlight=False)
         return 2
+    finally:
+        restore_sigterm(old_term)
 
 
 # ---------------------------------------------------------------------------- run
 
 
 def cmd_run(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from bench.clihelp import keep_results_clean
 
+    with keep_results_clean(Path(args.results)):
+        return _cmd_run(args)
+
+
+def _cmd_run(args) -> int:
+    from bench.clihelp import interrupted_code
     from bench.config import parse_overrides
+    from bench.methodspec import is_all
     from bench.registry import expand_methods
     from bench.runner import RunConfig, parse_budget, run
+    from bench.runview import RunView, progress_every
+    from bench.text import plural
 
     console = _console()
     methods = expand_methods(args.methods)
+    if getattr(args, "tune", False):  # every method as METHOD@tuned (bench/tuning.py)
+        methods = list(dict.fromkeys(m if m.endswith("@tuned") else f"{m}@tuned" for m in methods))
     shots = "default" if args.shots == "default" else parse_budget(args.shots, "--shots")
     if args.unseen_shots == "default":
         unseen = "default"
@@ -230,7 +288,8 @@ def cmd_run(args) -> int:
         raise BenchError(f"--test-fraction must be in (0, 1], got {args.test_fraction}", hint="e.g. --test-fraction 0.25, or leave it out to score every test pair")
     if not 0 < args.seen_ratio < 1:
         raise BenchError(f"--seen-ratio must be in (0, 1), got {args.seen_ratio}", hint="the fraction of users that are seen, e.g. --seen-ratio 0.5")
-    per_method, global_params = parse_overrides(args.param, methods)
+    bases = [m[: -len("@tuned")] for m in methods if m.endswith("@tuned")]  # --param mrm.x also sets mrm@tuned's anchor
+    per_method, global_params = parse_overrides(args.param, list(dict.fromkeys(methods + bases)))
     cfg = RunConfig(
         methods=methods,
         dataset=args.dataset,
@@ -244,46 +303,57 @@ def cmd_run(args) -> int:
         test_fraction=args.test_fraction,
         device=args.device,
         threads=args.threads,
-        skip_unavailable=args.methods.strip() == "all",
+        skip_unavailable=is_all(args.methods),
         options=execution_options(args),
         deterministic=args.deterministic,
     )
+    from bench import plan as planning
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as prog:
-        task = prog.add_task("preparing", total=None)
-
-        def progress(desc: str, done: int, total: int) -> None:
-            prog.update(task, description=desc, completed=done, total=max(total, 1))
-
-        say = lambda m: prog.console.print(m, markup=False, highlight=False)  # noqa: E731
+    say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+    if args.plan:
+        if args.executor == "ray" or args.ray_address:
+            raise BenchError("--plan with --executor ray is not supported", hint="leave the Ray flags out for the plan")
+        say(f"preparing: loading {args.dataset} and counting its pairs per split")
+        rp = planning.make_plan(cfg)
+        say(rp.dataset_line)
+        for line in planning.render(rp, cfg.results, jobs=args.jobs):
+            say(line)
+        return 0
+    rp = None
+    if args.executor != "ray" and not args.ray_address:
+        try:
+            rp = planning.make_plan(cfg)
+        except Exception:  # noqa: BLE001 - the estimate is advice: the run itself reports any problem
+            rp = None
+    if rp is not None:
+        warn = planning.warning(rp, jobs=args.jobs)
+        if warn:
+            say(warn)
+    tty = _isatty(sys.stdout)
+    view = RunView(console, tty=tty, every_s=progress_every(), estimates=rp.estimates() if rp else {}, jobs=args.jobs,
+                   preparing="preparing: loading the data, making splits, checking stored cells")
+    with view:
         from bench.determinism import deterministic_mode
 
         # also in this process while the workers start: they inherit CUBLAS_WORKSPACE_CONFIG
-        with deterministic_mode(args.deterministic), make_executor_from_args(args, log=say) as executor:
-            summary = run(cfg, progress=progress, log=say, executor=executor, retries=args.retries)
+        with deterministic_mode(args.deterministic), make_executor_from_args(args, log=view.log) as executor:
+            summary = run(cfg, progress=view.cells, log=view.log, executor=executor, retries=args.retries)
 
     for note in summary.notes:
         console.print(f"note: {note}", markup=False)
     if summary.interrupted:
+        code, word = interrupted_code()
         console.print(
-            f"interrupted: {summary.ran} cells finished and stored in {cfg.results}; rerun the same command to continue",
+            f"{word}: {plural(summary.ran, 'cell')} finished and stored in {cfg.results}; rerun the same command to continue",
             markup=False,
         )
-        return 130
+        return code
     elsewhere = f", {summary.elsewhere} computed by another run" if summary.elsewhere else ""
-    console.print(f"{summary.ran} cells computed, {summary.cached} served from {cfg.results}{elsewhere}", markup=False)
+    console.print(f"{plural(summary.ran, 'cell')} computed, {summary.cached} served from {cfg.results}{elsewhere}", markup=False)
     if not args.no_table and summary.keys:
         _print_table(console, cfg.results, set(summary.keys))
     if summary.failed:
-        console.print(f"[bold red]{len(summary.failed)} cells failed[/bold red]:")
+        console.print(f"[bold red]{plural(len(summary.failed), 'cell')} failed[/bold red]:")
         for f in summary.failed:
             console.print(f"  {f['method']} seed {f['seed']} ({f['stage']}): {f['error']}", markup=False)
         console.print(f"tracebacks: {Path(cfg.results) / 'cells'}/<key>.failed.json", markup=False)
@@ -334,6 +404,25 @@ def cmd_list(args) -> int:
     from rich.table import Table
 
     console = _console()
+    from bench.listing import WIDE, narrow_lines
+
+    if console.width < WIDE:
+        for line in narrow_lines(methods, datasets, console.width):
+            console.print(line, markup=False, highlight=False)
+    else:
+        _list_tables(console, methods, datasets)
+    console.print("A bring-your-own-data directory is also a dataset: --dataset path/to/dir", markup=False)
+    broken = [x["name"] for x in methods + datasets if "error" in x]
+    if broken:
+        console.print(f"{len(broken)} plugin(s) failed to load and are unavailable: {', '.join(broken)} — "
+                      "fix or uninstall them; everything else works", markup=False)
+    return 0
+
+
+def _list_tables(console, methods, datasets) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     t = Table(title="Methods")
     for col in ("name", "kind", "requires", "description"):
         t.add_column(col)
@@ -354,12 +443,6 @@ def cmd_list(args) -> int:
             d["name"], d["family"], d["split_by"], ", ".join(d["provides"]), f"{d['shots']}/{d['unseen_shots']}", d["description"]
         )
     console.print(t)
-    console.print("A directory in the bring-your-own-data format is also a dataset: --dataset path/to/dir", markup=False)
-    broken = [x["name"] for x in methods + datasets if "error" in x]
-    if broken:
-        console.print(f"{len(broken)} plugin(s) failed to load and are unavailable: {', '.join(broken)} — "
-                      "fix or uninstall them; everything else works", markup=False)
-    return 0
 
 
 def cmd_report(args) -> int:
@@ -367,8 +450,10 @@ def cmd_report(args) -> int:
     from bench.store import ResultsStore
 
     store = ResultsStore(args.results)
+    where = Path(args.results).resolve()
+    make = "make some with `bench run --methods bt,oracle` (it writes to ./results), or pass --results DIR"
     if not store.cells_dir.exists():
-        raise BenchError(f"no results in {args.results}", hint="run `bench run ...` first or pass --results DIR")
+        raise BenchError(f"no results in {where} (looked for {store.cells_dir}; it does not exist)", hint=make)
     rows, metas, problems = store.load()
     console = _console()
     for p in problems:
@@ -378,12 +463,17 @@ def cmd_report(args) -> int:
     if args.methods:
         keep = [m.strip() for m in args.methods.split(",")]
         rows = rows[rows["method"].isin(keep)]
+    if len(rows) == 0 and not (args.dataset or args.methods):
+        raise BenchError(f"no finished cells in {where / 'cells'}", hint=make)
     if len(rows) == 0:
-        raise BenchError("no matching results to report", hint="check --dataset/--methods against `bench run` output")
+        from bench.clihelp import stored_names
+
+        raise BenchError(f"no results for {_filters(args)} in {where}", hint=stored_names(store))
     table = build_table(rows)
     console.print(render_rich(table))
     for (r, s), seeds in sorted(table.missing.items()):
-        console.print(f"incomplete: {r} lacks {len(seeds)} of {table.expected[s]} splits of {s} (seeds {seeds})", markup=False)
+        console.print(f"incomplete: {r} lacks {len(seeds)} of {table.expected[s]} splits of {s} "
+                      f"(seeds {[int(x) for x in seeds]})", markup=False)
     out = Path(args.latex) if args.latex else Path(args.results) / "reports" / "table1.tex"
     out.parent.mkdir(parents=True, exist_ok=True)
     keys = sorted(rows["cell"].unique())
@@ -398,6 +488,11 @@ def cmd_report(args) -> int:
     out.write_text(to_latex(table, header=header))
     console.print(f"LaTeX table written to {out}", markup=False)
     return 0
+
+
+def _filters(args) -> str:
+    parts = ([f"--dataset {args.dataset}"] if args.dataset else []) + ([f"--methods {args.methods}"] if args.methods else [])
+    return " and ".join(parts)
 
 
 def cmd_card(args) -> int:

@@ -1,39 +1,34 @@
-"""Paired comparisons of two methods from stored per-user rows.
+"""Paired comparisons of two methods from stored per-user rows (docs/paper.md § Statistics).
 
-This is where rows meet :mod:`bench.stats`: the two methods' cells are aligned split by split
+This is where rows meet :mod:`bench.crossed`: the two methods' cells are aligned split by split
 (same split seed *and* same split hash — otherwise they are not paired and the comparison
-refuses), each split's metric is computed from each method's own rows exactly as in the tables,
-and the split-level differences feed the corrected t-test and the Wilcoxon test; the per-user
-rows feed the cluster bootstrap.
+refuses) and user by user, each split's metric is computed from each method's own rows exactly as
+in the tables, and the users × splits matrix of paired differences (per-user accuracy differences,
+or worst-k pseudo-value differences) feeds the crossed users × splits t-interval and test. That
+interval is the verdict: every user is scored on every split, so it counts both the users'
+variance and the splits' variance (the calibration suite checks its level, tests/test_calibration.py).
 
-**How n is counted for the Nadeau–Bengio correction** (``n_unit``):
+The Nadeau–Bengio corrected resampled t-test (``p_nb``) is kept as the paper's convention, for the
+seen and unseen populations only, where the simulation shows it holds its level (it is
+conservative there); for Overall and worst-k it is not reported (every user is tested in every
+split, so its ``n_test/n_train`` correction does not describe the design). How n is counted for it
+(``n_unit``):
 
-* ``"users"`` (default): a split is a random partition of the users into a training part (the
-  seen users, whose train halves fit the shared parameters) and a held-out part (the unseen
-  users), so ``n_train`` = seen users and ``n_test`` = unseen users of the split (averaged over
-  splits). At the paper's 50/50 split the variance factor is ``1/S + 1``.
+* ``"users"`` (default): ``n_train`` = seen users, ``n_test`` = unseen users of a split (averaged).
 * ``"pairs"``: ``n_train`` = pairs that trained shared parameters (the seen users' train pairs
-  within the budget), ``n_test`` = test pairs scored in the compared population. Reddit-style
-  settings have many test pairs per user, so this unit is far more conservative there.
+  within the budget), ``n_test`` = test pairs scored in the compared population.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
+from bench.crossed import MIN_TAIL_USERS, CrossedResult, crossed_inference, tail_users, worst_k_pseudo
 from bench.errors import BenchError
-from bench.stats import (
-    BootstrapResult,
-    resample_counts,
-    TTestResult,
-    WilcoxonResult,
-    corrected_resampled_ttest,
-    paired_cluster_bootstrap,
-    wilcoxon_signed_rank,
-)
+from bench.stats import TTestResult, corrected_resampled_ttest
 
 N_UNITS = ("users", "pairs")
 POPULATIONS = ("seen", "unseen", "overall")
@@ -74,9 +69,8 @@ class PairedComparison:
     seeds: list[int]
     a_values: np.ndarray  # split-level metric of A per seed
     b_values: np.ndarray
-    ttest: TTestResult
-    wilcoxon: WilcoxonResult
-    bootstrap: BootstrapResult | None
+    crossed: CrossedResult  # the verdict: crossed users × splits t on the paired differences
+    nb: TTestResult | None  # paper convention (seen / unseen only), else None
     n_unit: str
     only_a: list[int] = field(default_factory=list)  # seeds A has and B lacks
     only_b: list[int] = field(default_factory=list)
@@ -89,31 +83,43 @@ class PairedComparison:
     def n_splits(self) -> int:
         return len(self.seeds)
 
+    @property
+    def diff(self) -> float:
+        return float(np.mean(self.diffs)) if self.n_splits else float("nan")
+
+    @property
+    def pvalue(self) -> float:
+        return self.crossed.pvalue
+
     def record(self) -> dict:
         """Flat dict (for CSV files of a table's tests)."""
-        t, w, bs = self.ttest, self.wilcoxon, self.bootstrap
+        c, nb = self.crossed, self.nb
+        nan = float("nan")
+        share = c.share() if c.ok else {"users": nan, "splits": nan, "error": nan}
         return {
             "a": self.a,
             "b": self.b,
             "metric": self.metric,
             "n_splits": self.n_splits,
-            "mean_a": float(np.mean(self.a_values)) if self.n_splits else np.nan,
-            "mean_b": float(np.mean(self.b_values)) if self.n_splits else np.nan,
-            "diff": t.mean,
-            "boot_ci_low": bs.ci_low if bs else np.nan,
-            "boot_ci_high": bs.ci_high if bs else np.nan,
-            "nb_ci_low": t.ci_low,
-            "nb_ci_high": t.ci_high,
-            "t": t.statistic,
-            "df": t.df,
-            "p_nb": t.pvalue,
-            "nb_factor": t.factor,
+            "n_users": c.n_users,
+            "mean_a": float(np.mean(self.a_values)) if self.n_splits else nan,
+            "mean_b": float(np.mean(self.b_values)) if self.n_splits else nan,
+            "diff": self.diff,
+            "ci_low": c.ci_low,
+            "ci_high": c.ci_high,
+            "se": c.se,
+            "df": c.df,
+            "t": c.statistic,
+            "p": c.pvalue,
+            "var_share_users": share["users"],
+            "var_share_splits": share["splits"],
+            "var_share_error": share["error"],
+            "note": c.note,
+            "p_nb": nb.pvalue if nb else nan,
+            "nb_factor": nb.factor if nb else nan,
             "n_unit": self.n_unit,
-            "n_train": t.n_train,
-            "n_test": t.n_test,
-            "wilcoxon_stat": w.statistic,
-            "p_wilcoxon": w.pvalue,
-            "wilcoxon_method": w.method,
+            "n_train": nb.n_train if nb else nan,
+            "n_test": nb.n_test if nb else nan,
         }
 
 
@@ -138,32 +144,40 @@ def n_counts(rows: pd.DataFrame, population: str, n_unit: str) -> tuple[float, f
     return float(np.mean(tr)), float(np.mean(te))
 
 
-def _split_draws(seen: np.ndarray, n_boot: int, seed: int, split_seed: int, cache: dict | None) -> np.ndarray:
-    key = ("split-draws", seed, int(split_seed), n_boot, seen.tobytes())
-    c = cache.get(key) if cache is not None else None
-    if c is None:
-        c = resample_counts(seen.astype(np.int64), n_boot, np.random.default_rng([seed, int(split_seed)]))
-        if cache is not None:
-            cache[key] = c
-    return c
-
-
-def _population_draws(full: np.ndarray, sub: np.ndarray, pop: str, cache: dict | None) -> np.ndarray:
-    key = ("pop-draws", id(full), pop)  # `full` lives in the cache, so its id is stable
-    c = cache.get(key) if cache is not None else None
-    if c is None:
-        c = np.ascontiguousarray(full[:, sub])
-        if cache is not None:
-            cache[key] = c
-    return c
-
-
 def metric_value(seen: np.ndarray, acc: np.ndarray, population: str, k: float | None) -> float:
     """One split-level metric from one split's per-user rows (as bench.metrics.split_metrics)."""
     from bench.metrics import macro_mean, worst_k
 
     mask = {"seen": seen, "unseen": ~seen, "overall": np.ones_like(seen)}[population]
     return macro_mean(acc[mask]) if k is None else worst_k(acc[mask], k)
+
+
+def user_split_matrix(rows: pd.DataFrame, metric: str, users: list | None = None) -> tuple[np.ndarray, list, list[int]]:
+    """(N users × S splits) values of one method whose crossed macro mean is its reported metric.
+
+    Accuracies for a macro mean, worst-k pseudo-values for a worst-k% mean; NaN where the user is
+    outside the population on that split or has no test pairs."""
+    pop, k = parse_metric(metric)
+    seeds = sorted(int(s) for s in rows["split_seed"].unique())
+    users = list(dict.fromkeys(rows["user"])) if users is None else users
+    pos = {u: i for i, u in enumerate(users)}
+    y = np.full((len(users), len(seeds)), np.nan)
+    for j, s in enumerate(seeds):
+        g = rows[rows["split_seed"] == s]
+        seen = g["seen"].to_numpy(bool)
+        mask = {"seen": seen, "unseen": ~seen, "overall": np.ones_like(seen)}[pop]
+        idx = np.fromiter((pos[u] for u in g["user"]), dtype=np.int64, count=len(g))
+        acc = g["accuracy"].to_numpy(np.float64)
+        y[idx[mask], j] = acc[mask]
+    if k is not None:
+        y = worst_k_pseudo(y, k)
+    return y, users, seeds
+
+
+def level(rows: pd.DataFrame, metric: str, confidence: float = 0.95) -> CrossedResult:
+    """Crossed interval for one method's metric (mean over splits), e.g. for a figure's band."""
+    y, _, _ = user_split_matrix(rows, metric)
+    return crossed_inference(y, confidence)
 
 
 def compare(
@@ -173,24 +187,22 @@ def compare(
     b: str,
     metric: str = "overall",
     n_unit: str = "users",
-    n_boot: int = 2000,
     confidence: float = 0.95,
-    seed: int = 0,
-    cache: dict | None = None,
 ) -> PairedComparison:
-    """Paired comparison of A and B (each: per-user rows of one variant in one setting).
-
-    ``cache`` (a dict) shares bootstrap draws between the comparisons of one table.
-    """
+    """Paired comparison of A and B (each: per-user rows of one variant in one setting)."""
     pop, k = parse_metric(metric)
+    if n_unit not in N_UNITS:
+        raise BenchError(f"unknown n unit '{n_unit}'", hint=f"use one of {', '.join(N_UNITS)}")
     sa, sb = _per_split(rows_a), _per_split(rows_b)
     seeds = sorted(set(sa) & set(sb))
     only_a, only_b = sorted(set(sa) - set(sb)), sorted(set(sb) - set(sa))
     key = metric if k is None else f"{pop}_worst{round(k * 100)}"
-    av, bv, ua, ub, draws, n_tr, n_te = [], [], [], [], [], [], []
-    if n_unit not in N_UNITS:
-        raise BenchError(f"unknown n unit '{n_unit}'", hint=f"use one of {', '.join(N_UNITS)}")
-    for s in seeds:
+    av, bv, n_tr, n_te = [], [], [], []
+    users = list(dict.fromkeys(pd.concat([sa[s]["user"] for s in seeds]))) if seeds else []
+    pos = {u: i for i, u in enumerate(users)}
+    ya = np.full((len(users), len(seeds)), np.nan)
+    yb = ya.copy()
+    for j, s in enumerate(seeds):
         ga, gb = sa[s], sb[s]
         ha, hb = set(ga["split_hash"].unique()), set(gb["split_hash"].unique())
         if ha != hb:
@@ -208,16 +220,9 @@ def compare(
         av.append(metric_value(seen, acc_a, pop, k))
         bv.append(metric_value(seen, acc_b, pop, k))
         mask = {"seen": seen, "unseen": ~seen, "overall": np.ones_like(seen)}[pop]
-        if n_boot > 0:
-            # draws for the whole split (seen/unseen strata, users with test pairs); a population's
-            # draws are its columns — a valid within-stratum resample — so all metrics share them
-            ok = np.isfinite(acc_a) & np.isfinite(acc_b)
-            full = _split_draws(seen[ok], n_boot, seed, s, cache)
-            sub = mask[ok]
-            cols = full if sub.all() else _population_draws(full, sub, pop, cache)
-            draws.append(cols)
-            ua.append(acc_a[ok][sub])
-            ub.append(acc_b[ok][sub])
+        idx = np.fromiter((pos[u] for u in gb["user"]), dtype=np.int64, count=len(gb))
+        ya[idx[mask], j] = acc_a[mask]
+        yb[idx[mask], j] = acc_b[mask]
         if n_unit == "users":
             n_tr.append(seen.sum())
             n_te.append((~seen).sum())
@@ -225,21 +230,21 @@ def compare(
             n_tr.append(ga["n_support"].to_numpy()[seen].sum())
             n_te.append(ga["n_test"].to_numpy()[mask].sum())
     av_arr, bv_arr = np.asarray(av, dtype=np.float64), np.asarray(bv, dtype=np.float64)
-    n_train, n_test = (float(np.mean(n_tr)), float(np.mean(n_te))) if seeds else n_counts(rows_a, pop, n_unit)
-    if not n_train > 0:
-        n_train = float("nan")
-    diffs = av_arr - bv_arr
-    if np.isfinite(n_train):
-        tt = corrected_resampled_ttest(diffs, n_train, n_test)
-    else:
-        nan = float("nan")
-        tt = TTestResult(nan, nan, nan, 0, nan, nan, nan, len(diffs), nan, n_train, n_test)
-    wx = wilcoxon_signed_rank(diffs)
-    bs = None
-    if n_boot > 0 and seeds:
-        bs = paired_cluster_bootstrap(ua, ub, statistic="mean" if k is None else k, n_boot=n_boot,
-                                      confidence=confidence, seed=seed, cache=cache, counts=draws)
-    return PairedComparison(a, b, key, seeds, av_arr, bv_arr, tt, wx, bs, n_unit, only_a, only_b)
+    if k is not None:
+        ya, yb = worst_k_pseudo(ya, k), worst_k_pseudo(yb, k)
+    cr = crossed_inference(ya - yb, confidence)
+    if k is not None and seeds:
+        m = min(tail_users(int(n), k) for n in np.isfinite(ya).sum(0))
+        if m < MIN_TAIL_USERS and cr.ok:
+            cr = replace(cr, se=np.nan, df=np.nan, statistic=np.nan, pvalue=np.nan, ci_low=np.nan, ci_high=np.nan,
+                         note=f"only {m} users in the worst {round(k * 100)}% (an interval needs at least "
+                              f"{MIN_TAIL_USERS}; see docs/paper.md, Statistics)")
+    nb = None
+    if k is None and pop in ("seen", "unseen") and seeds:
+        n_train, n_test = float(np.mean(n_tr)), float(np.mean(n_te))
+        if n_train > 0:
+            nb = corrected_resampled_ttest(av_arr - bv_arr, n_train, n_test, confidence=confidence)
+    return PairedComparison(a, b, key, seeds, av_arr, bv_arr, cr, nb, n_unit, only_a, only_b)
 
 
 def nb_description(n_unit: str) -> str:

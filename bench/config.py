@@ -127,14 +127,43 @@ def parse_overrides(items: list[str] | None, methods: list[str]) -> tuple[dict[s
     return per_method, global_
 
 
-def resolve_params(cls, family: str, overrides: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
-    """Class defaults < configs/methods/<name>.yaml default < family block < dataset block < overrides.
+def plugin_config_path(cls):
+    """Where a method outside bench keeps its settings: a YAML file beside its module, same stem
+    (``mypkg/mymethod.py`` → ``mypkg/mymethod.yaml``; a package: ``card.md`` → ``config.yaml``)."""
+    card = cls.card_path()
+    return card.with_name("config.yaml") if card.name == "card.md" else card.with_suffix(".yaml")
 
-    A ``datasets: {<name>: …}`` block sets what one dataset needs beyond its family (e.g. a small
-    CPU model on the offline text benchmark).
+
+def _method_settings(cls) -> tuple[dict[str, Any], str]:
+    """(settings, where they came from): bench's own configs/methods/<name>.yaml, else the plugin's file."""
+    cfg = _read(f"methods/{cls.name}.yaml")
+    if cfg is not None:
+        return cfg, f"configs/methods/{cls.name}.yaml"
+    try:
+        path = plugin_config_path(cls)
+    except (TypeError, OSError):  # a class without a source file
+        return {}, ""
+    if not path.is_file():
+        return {}, ""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise BenchError(f"config {path} is not valid YAML: {e}", hint="fix the file (keys: default, families, datasets)") from None
+    if data is not None and not isinstance(data, dict):
+        raise BenchError(f"config {path} is not a mapping", hint="write `default: {param: value}` and optional `families:`/`datasets:` blocks")
+    return data or {}, str(path)
+
+
+def resolve_params(cls, family: str, overrides: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
+    """Class defaults < settings default < family block < dataset block < overrides.
+
+    The settings are ``configs/methods/<name>.yaml`` for bench's own methods and, for a plugin,
+    the YAML file beside its module (:func:`plugin_config_path`). A ``datasets: {<name>: …}``
+    block sets what one dataset needs beyond its family (e.g. a small CPU model on the offline
+    text benchmark).
     """
     params = dict(cls.default_params())
-    cfg = method_config(cls.name)
+    cfg, where = _method_settings(cls)
     params.update(cfg.get("default", {}) or {})
     params.update((cfg.get("families", {}) or {}).get(family, {}) or {})
     if dataset is not None:
@@ -142,7 +171,7 @@ def resolve_params(cls, family: str, overrides: dict[str, Any], dataset: str | N
     valid = set(cls.param_names())
     unknown = sorted(set(params) - valid)
     if unknown:
-        raise BenchError(f"configs/methods/{cls.name}.yaml sets unknown parameters {unknown}")
+        raise BenchError(f"{where} sets unknown parameters {unknown}", hint=f"parameters of {cls.name}: {', '.join(sorted(valid)) or '(none)'}")
     for key, value in overrides.items():
         if key not in valid:
             raise BenchError(

@@ -37,6 +37,13 @@ class IntegrityError(BenchError):
     """A stored artifact whose content no longer matches its recorded hash."""
 
 
+def json_error(e) -> str:
+    """``json.JSONDecodeError`` as a phrase: "Expecting ',' delimiter at column 12" (json's own
+    messages such as "Unterminated string starting at" already end in "at")."""
+    msg = e.msg[: -len(" at")] if e.msg.endswith(" at") else e.msg
+    return f"{msg} at column {e.colno}"
+
+
 def did_you_mean(name: str, valid: Iterable[str], kind: str) -> BenchError:
     """An 'unknown X' error listing the valid names and the closest match."""
     valid = sorted(valid)

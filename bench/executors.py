@@ -67,19 +67,11 @@ def threads_per_worker(jobs: int, threads: int | None) -> int | None:
 
 
 def pin_threads(n: int | None) -> None:
-    """Limit BLAS/OpenMP (threadpoolctl) and torch to ``n`` threads in this process."""
-    if n is None:
-        return
-    try:
-        from threadpoolctl import threadpool_limits
+    """Limit BLAS/OpenMP and torch to ``n`` threads in this process; ``None``: the default
+    policy of :mod:`bench.threads` (BLAS on the available cores, torch on one thread)."""
+    from bench.threads import apply
 
-        threadpool_limits(limits=int(n))
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        pass
-    if "torch" in sys.modules:
-        import torch
-
-        torch.set_num_threads(int(n))
+    apply(n)
 
 
 @contextlib.contextmanager
@@ -169,11 +161,18 @@ class Crash:
 
 
 def method_target(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
+    from bench.registry import local_target
+
+    return local_target(cls) or f"{cls.__module__}:{cls.__qualname__}"
 
 
 def import_target(target: str) -> type:
     import importlib
+
+    if target.startswith("file:"):  # a method from a local file (--methods ./my_method.py:MyMethod)
+        from bench.registry import load_local_method
+
+        return load_local_method(target[len("file:"):])
 
     module, _, qual = target.partition(":")
     obj: Any = importlib.import_module(module)
@@ -263,7 +262,9 @@ def run_unit(unit: Unit, log: Callable[[str], None] | None = None) -> UnitResult
             summary = RunSummary()
             _EXECUTION.clear()
             _EXECUTION.update({"executor": unit.executor, "worker": worker_name(), "deterministic": bool(unit.deterministic)})
-            with deterministic_mode(unit.deterministic):
+            from bench import progress
+
+            with deterministic_mode(unit.deterministic), progress.unit(unit.label):
                 _run_group(cfg, ds, split, g, mine, store, summary, say, options=unit.options)
             failed = {f["key"]: f for f in summary.failed}
             for c in mine:
@@ -355,6 +356,10 @@ def _worker_main(conn, threads: int | None) -> None:  # pragma: no cover - runs 
 
     signal.signal(signal.SIGTERM, _term)
     pin_threads(threads)
+    from bench import progress
+
+    # progress inside a cell (bench.progress.step) goes to the driver as ("progress", event)
+    progress.set_sink(lambda ev: conn.send(("progress", ev)))
     while True:
         try:
             unit = conn.recv()
@@ -451,6 +456,11 @@ class ProcessExecutor(Executor):
                             res = w.conn.recv()
                         except (EOFError, OSError):
                             res = None
+                        if isinstance(res, tuple) and len(res) == 2 and res[0] == "progress":
+                            from bench import progress
+
+                            progress.forward(res[1])  # progress inside the worker's cell, not its result
+                            continue
                         if res is not None:
                             busy.remove(w)
                             unit, w.unit = w.unit, None

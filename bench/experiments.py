@@ -26,6 +26,7 @@ from bench.config import experiment_config
 from bench.errors import BenchError, did_you_mean
 from bench.hashing import canonical_json
 from bench.runner import Budget, RunConfig, RunSummary, check_capabilities, parse_budget
+from bench.tuning import split_name
 
 OUTPUT_KINDS = ("table1", "table2", "worst_k", "sweep", "sweep_pair", "few_shot", "params", "selection_bias")
 
@@ -164,7 +165,8 @@ class Plan:
         return [a for a in self.assignments if a.output == output]
 
     def method_label(self, method: str) -> str:
-        return str((self.config.get("methods", {}).get(method) or {}).get("label", method))
+        base, tuned = split_name(method)
+        return str((self.config.get("methods", {}).get(base) or {}).get("label", base)) + (" (tuned)" if tuned else "")
 
 
 # ---------------------------------------------------------------------------- building
@@ -234,7 +236,8 @@ def build_plan(
         unknown = [o for o in outputs if o not in all_outputs]
         if unknown:
             raise did_you_mean(unknown[0], all_outputs, "output")
-    chosen = [o for o in all_outputs if not outputs or o in outputs]
+    # `optional: true` outputs (e.g. the tuned Table 1, 9× the cells) run only when named in --outputs
+    chosen = [o for o in all_outputs if (o in outputs if outputs else not cfg["outputs"][o].get("optional"))]
 
     notes: list[str] = []
     skipped: dict[str, list[str]] = {}
@@ -251,13 +254,14 @@ def build_plan(
             skipped[output].append(why)
 
     def usable(output: str, method: str, ds) -> bool:
-        if method not in installed:
-            if method not in absent.setdefault(output, []):
-                absent[output].append(method)
-            method_notes.setdefault(method, None)
+        base = split_name(method)[0]  # "mrm@tuned" runs mrm, tuned on validation (bench/tuning.py)
+        if base not in installed:
+            if base not in absent.setdefault(output, []):
+                absent[output].append(base)
+            method_notes.setdefault(base, None)
             return False
         try:
-            cls = load_method(method)
+            cls = load_method(base)
         except BenchError as e:  # an installed plugin that is broken: its rows are missing, the rest renders
             skip(output, f"{method}: {e.message}")
             return False
@@ -270,7 +274,7 @@ def build_plan(
     def overrides_for(method: str, extra: dict[str, Any]) -> dict[str, Any]:
         ov: dict[str, Any] = {}
         if smoke:
-            ov.update(load_method(method).test_params)
+            ov.update(load_method(split_name(method)[0]).test_params)
         ov.update(extra)
         return ov
 
@@ -327,7 +331,9 @@ def build_plan(
                 if s is None:
                     continue
                 specs = roles[s.role]
-                for method in out.get("methods", []):
+                # `tuned: [m, …]` (Table 1): a second block of rows m@tuned, tuned on validation
+                tuned = [f"{m}@tuned" for m in (out.get("tuned") or []) if kind == "table1"]
+                for method in list(out.get("methods", [])) + tuned:
                     for spec in specs:
                         label = _row_label(cfg, method, spec, specs)
                         if kind == "few_shot":
@@ -371,6 +377,9 @@ def build_plan(
                     continue
                 analyses.append(AnalysisJob(name, spec, s.id, method, ov, seeds, s.shots, s.unseen_shots,
                                             [g.cells[0].key for g in groups]))
+                if out.get("tuned"):  # the honest alternative: the same method tuned on validation (bench/tuning.py)
+                    add(name, s, spec, f"{method}@tuned", _row_label(cfg, f"{method}@tuned", spec, roles[s.role]),
+                        dict(out.get("params") or {}), [s.unseen_shots], seeds)
     if method_notes:
         notes.insert(0, f"not installed, so not run (install them, then rerun `bench paper`): {', '.join(method_notes)}")
     return Plan(cfg, list(datasets), roles, settings, assignments, list(jobs.values()), analyses, notes, skipped,
@@ -382,7 +391,8 @@ def _short_feature(spec: str) -> str:
 
 
 def _row_label(cfg: dict, method: str, spec: str, specs: list[str]) -> str:
-    label = str((cfg.get("methods", {}).get(method) or {}).get("label", method))
+    base, tuned = split_name(method)
+    label = str((cfg.get("methods", {}).get(base) or {}).get("label", base)) + (" (tuned)" if tuned else "")
     if len(specs) > 1:
         label += f" ({_short_feature(spec)})"
     return label

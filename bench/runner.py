@@ -34,6 +34,7 @@ from bench.metrics import pair_credit, user_accuracy
 from bench.registry import load_method
 from bench.splits import Split, load_or_create_split
 from bench.store import ENGINE_VERSION, ResultsStore
+from bench.text import plural
 
 if TYPE_CHECKING:
     from bench.executors import Crash, Executor, Unit
@@ -41,27 +42,8 @@ if TYPE_CHECKING:
 Budget = int | None  # None = all of the user's train pairs
 
 
-def parse_budget(value: str | int | None, flag: str, allow_zero: bool = False) -> Budget:
-    """``all``/None → None; a positive integer (or ≥ 0 with ``allow_zero``) → int; else an error."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in ("all", "none", ""):
-            return None
-        try:
-            num = float(v)
-        except ValueError:
-            raise BenchError(f"{flag} must be a positive integer or 'all', got '{value}'", hint=f"e.g. {flag} 50, or {flag} all") from None
-    else:
-        num = float(value)
-    if not num.is_integer():
-        raise BenchError(f"{flag} must be an integer, got {value}", hint=f"e.g. {flag} 50, or {flag} all")
-    n = int(num)
-    if n < 0 or (n == 0 and not allow_zero):
-        lower = "≥ 0" if allow_zero else "≥ 1"
-        raise BenchError(f"{flag} must be {lower} (or 'all'), got {n}", hint=f"e.g. {flag} 50, or {flag} all")
-    return n
+# parse_budget lives in bench.budgets (a dataset's own config needs it too); re-exported here.
+from bench.budgets import parse_budget  # noqa: E402,F401
 
 
 @dataclass
@@ -131,7 +113,10 @@ def check_capabilities(
     asked only for GPU methods)."""
     missing = set(cls.requires) - set(ds.capabilities) - {"gpu", "llm"}
     if missing:
-        return f"needs {', '.join(sorted(missing))}, which {ds.name} does not provide"
+        why = f"needs {', '.join(sorted(missing))}, which {ds.name} does not provide"
+        if {"features", "prompt_features", "rm_score"} & missing and ds.meta.get("features_hint"):
+            why += f" ({ds.meta['features_hint']})"
+        return why
     if "gpu" in cls.requires:
         avail = gpu_available() if callable(gpu_available) else gpu_available
         if not (_cuda_available() if avail is None else avail):
@@ -153,8 +138,11 @@ def plan(
     shots, unseen_list = resolve_budgets(cfg, ds)
     groups: list[FitGroup] = []
     for name in cfg.methods:
+        from bench.tuning import split_name, tuning_spec
+
+        base, tuned = split_name(name)  # "mrm@tuned": mrm, tuned on validation data (bench/tuning.py)
         try:
-            cls = load_method(name)
+            cls = load_method(base)
         except BenchError as e:  # a broken plugin: with --methods all it is skipped, the others run
             if not cfg.skip_unavailable:
                 raise
@@ -166,12 +154,13 @@ def plan(
                 summary.skipped[name] = why
                 continue
             raise BenchError(f"method '{name}' cannot run on dataset '{ds.name}': it {why}", hint="pick another method or dataset (bench list shows what each needs and provides)")
-        overrides = dict(cfg.params.get(name, {}))
+        overrides = {**cfg.params.get(base, {}), **cfg.params.get(name, {})}
         for k, v in cfg.global_params.items():
             if k in cls.param_names():
                 overrides.setdefault(k, v)
         params = resolve_params(cls, ds.family, overrides, dataset=ds.name)
         source = cls.source_hash()
+        spec = tuning_spec(base, ds.family, ds.name, params) if tuned else None
         for seed in cfg.seeds:
             cells = []
             for unseen in unseen_list:
@@ -189,8 +178,13 @@ def plan(
                     "source": source,
                     "params": params,
                 }
+                if spec is not None:
+                    cell["tuning"] = spec  # tuned cells are keyed apart from official ones
                 cells.append(CellPlan(hash_obj(cell), cell, unseen))
-            groups.append(FitGroup(name, cls, params, int(seed), shots, cells))
+            if spec is not None:  # the choice depends on the unseen budget: one fit group per budget
+                groups.extend(FitGroup(name, cls, params, int(seed), shots, [c]) for c in cells)
+            else:
+                groups.append(FitGroup(name, cls, params, int(seed), shots, cells))
     if cfg.global_params:
         used = {k for k in cfg.global_params for g in groups if k in g.cls.param_names()}
         unused = sorted(set(cfg.global_params) - used)
@@ -349,7 +343,7 @@ def run_many(
         units.extend(_prepare(cfg, ex, summary, log))
     n_todo = sum(len(u.cells) for u in units)
     if len(cfgs) > 1 or not isinstance(ex, InProcessExecutor):
-        log(f"{n_todo} cells to run in {len(units)} fit groups on {ex.describe()}")
+        log(f"{plural(n_todo, 'cell')} to run in {plural(len(units), 'fit group')} on {ex.describe()}")
     try:
         _drive(units, ex, summary, progress, log, n_todo, retries, poll_s)
     except KeyboardInterrupt:
@@ -434,7 +428,7 @@ def _prepare(cfg: RunConfig, ex: "Executor", summary: RunSummary, log: Callable[
     summary.planned += planned
     summary.cached += cached
     n_todo = sum(len(u.cells) for u in units)
-    log(f"{ds.name}: {planned} cells planned — {cached} cached, {n_todo} to run")
+    log(f"{ds.name}: {plural(planned, 'cell')} planned — {cached} cached, {n_todo} to run")
     local.notes = []
     _budget_notes(cfg, ds, local, groups)
     summary.notes.extend(n for n in local.notes if n not in summary.notes)
@@ -496,7 +490,7 @@ def _drive(units, ex, summary: RunSummary, progress, log, n_todo: int, retries: 
         if not waiting:
             break
         if progress:
-            progress(f"waiting for {len(waiting)} cells another run is computing", state["done"], n_todo)
+            progress(f"waiting for {plural(len(waiting), 'cell')} another run is computing", state["done"], n_todo)
         time.sleep(poll_s)
         orphans: dict[int, tuple[Unit, set[str]]] = {}
         for key, u in list(waiting.items()):
@@ -516,7 +510,7 @@ def _drive(units, ex, summary: RunSummary, progress, log, n_todo: int, retries: 
             tick(u, 1)
         pending = [u.with_cells(keys) for u, keys in orphans.values()]
         if pending:
-            log(f"{sum(len(k) for _, k in orphans.values())} cells claimed by a run that stopped; computing them here")
+            log(f"{plural(sum(len(k) for _, k in orphans.values()), 'cell')} claimed by a run that stopped; computing them here")
     if progress:
         progress("done", state["done"], n_todo)
 
@@ -539,7 +533,7 @@ def _crashed(u: "Unit", res: "Crash", attempts: dict[str, int], retries: int, su
     for k in left:
         attempts[k] = n
     if n <= retries:
-        log(f"[warn] {u.label}: {res.reason}; retrying its {len(left)} cells (attempt {n + 1} of {retries + 1})")
+        log(f"[warn] {u.label}: {res.reason}; retrying its {plural(len(left), 'cell')} (attempt {n + 1} of {retries + 1})")
         return [u.with_cells(left)]
     err = f"WorkerCrash: {res.reason} ({n} attempt{'s' if n > 1 else ''})"
     log(f"[error] {u.label} failed: {err}")
@@ -655,9 +649,25 @@ def _run_group(
 ) -> int:
     _set_threads(cfg.threads)
     ctx = make_context(ds, g.seed, cfg.device, cfg.threads, options if options is not None else cfg.options)
+    from bench.tuning import domain_notes, wrap
+
+    tuning = cells[0].cell.get("tuning") if cells else None
+    run_params = g.params  # a tuned cell runs its chosen candidate; its rows keep the anchor (official) params
     t_fit = time.perf_counter()
     try:
-        method = g.cls(**g.params)
+        if tuning is not None:  # choose on validation carved from seen users' train halves (bench/tuning.py)
+            from bench.tuning import select
+
+            chosen, report = select(
+                g.cls, tuning, ds, split, g.shots, cells[0].unseen_shots,
+                lambda: make_context(ds, g.seed, cfg.device, cfg.threads, options if options is not None else cfg.options),
+                log=log, label=g.method,
+            )
+            run_params = chosen
+        notes = domain_notes(g.method, run_params, ds)
+        for n in notes:
+            log(wrap(f"[note] {n}"))
+        method = g.cls(**run_params)
         seen_train = pair_view(ds, split, split.budget_mask(g.shots, 0) & split.seen[split.user_index])
         method.fit(seen_train, ctx)
         _set_threads(cfg.threads)
@@ -685,6 +695,9 @@ def _run_group(
                 )
             rows, meta = _cell_rows(ds, split, g, c, method, support, queries, a_is_chosen, margin)
             meta["timing"] = {"fit_s": fit_s, "adapt_s": t1 - t0, "score_s": t2 - t1, "fit_shared_by": len(cells)}
+            meta["domain_notes"] = notes
+            if tuning is not None:
+                meta["tuning"] = report
             store.write_cell(c.key, rows, meta)
             ok += 1
         except (KeyboardInterrupt, StorageError):

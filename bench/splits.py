@@ -1,4 +1,4 @@
-"""The user-split protocol (``shared/specs/protocol.md``).
+"""The user-split protocol (``docs/protocol.md``).
 
 One split = one seed:
 

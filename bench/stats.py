@@ -1,10 +1,10 @@
-"""Significance and uncertainty for paired method comparisons (protocol.md § Significance).
+"""Significance and uncertainty for paired method comparisons (docs/paper.md § Statistics).
 
-Pure functions on arrays; no data frames, no I/O. The unit of replication is the **split**: two
-methods run on the same split see the same users, supports and test pairs, so their split-level
-numbers are paired.
+Pure functions on arrays; no data frames, no I/O. The verdicts (``bench compare``, the tables'
+marks, the figures' bands) come from :mod:`bench.crossed`, which models users and splits as
+crossed random factors; this module holds the split-level tests and helpers:
 
-* :func:`corrected_resampled_ttest` — the main test: Nadeau & Bengio's (2003) corrected
+* :func:`corrected_resampled_ttest` — the paper's convention: Nadeau & Bengio's (2003) corrected
   resampled t-test over the S paired split-level differences. Splits reuse most of the same users,
   so their differences are positively correlated and the plain t-test's variance ``σ²/S`` is too
   small; the correction inflates it to ``(1/S + n_test/n_train)·σ²``. How ``n_train`` and
@@ -16,10 +16,11 @@ numbers are paired.
   with the tie and zero corrections and no continuity correction (the defaults of
   ``scipy.stats.wilcoxon``). With S
   splits the smallest two-sided exact p is ``2/2^S``: S = 5 can never reach 0.05.
-* :func:`paired_cluster_bootstrap` — effect sizes with uncertainty: users are resampled with
-  replacement *within* each split (and within seen/unseen strata if given), the same draw for both
-  methods (paired), the statistic (mean or worst-k%) is recomputed per split and averaged over
-  splits. Percentile intervals. Never pools user rows across splits as independent.
+* :func:`paired_cluster_bootstrap` — users resampled with replacement *within* each split, the
+  statistic averaged over splits. **Not used for any verdict**: every split holds the same users,
+  so averaging independent within-split resamples shrinks the interval by about √S (simulated
+  coverage 0.31–0.78 for a nominal 0.95, ``python benchmarks/calibration.py``). Kept for that
+  comparison and for callers that want one split's user-sampling spread.
 * :func:`holm` — Holm's step-down adjustment over one family of p-values.
 """
 
@@ -108,14 +109,11 @@ def corrected_resampled_ttest(
     se = math.sqrt(factor * var)
     df = s - 1
     if se == 0.0:
-        # Every split gives the same difference: no evidence of variability. A zero difference is
-        # no effect (p = 1); a constant non-zero one is treated as infinitely significant.
-        if mean == 0.0:
-            stat, p = 0.0, 1.0
-        else:
-            stat = math.copysign(math.inf, mean)
-            p = {"two-sided": 0.0, "greater": 0.0 if mean > 0 else 1.0, "less": 0.0 if mean < 0 else 1.0}[alternative]
-        return TTestResult(mean, 0.0, stat, df, p, mean, mean, s, factor, n_train, n_test, alternative)
+        # Every split gives the same difference: the split-to-split variance is zero, so this test
+        # has nothing to say (neither "certain" nor "no effect"): statistic, p and interval are NaN
+        # and callers report the case in words. (A constant non-zero difference is possible with
+        # fixed halves and a deterministic method, e.g. the zero-shot reward model.)
+        return TTestResult(mean, 0.0, nan, df, nan, nan, nan, s, factor, n_train, n_test, alternative)
     stat = mean / se
     if alternative == "two-sided":
         p = 2.0 * float(stdtr(df, -abs(stat)))

@@ -28,6 +28,10 @@ from bench.errors import IntegrityError, storage_error
 from bench.hashing import canonical_json, digest
 
 ENGINE_VERSION = "1"  # bump when the meaning of stored rows changes
+# Version of the on-disk layout of a cell file (columns, metadata keys; docs/results.md), written
+# into every cell's metadata as "schema"; cells without it are schema 1. Bump on any change a
+# reader must know about; bench.results.load refuses files newer than it understands.
+STORE_SCHEMA = 1
 META_KEY = b"bench"
 ELSEWHERE = "choose another results directory with --results DIR"
 KEPT = "finished cells are kept: rerun the same command to resume"
@@ -266,7 +270,7 @@ class ResultsStore:
 
         rows = rows[ROW_COLUMNS + [c for c in rows.columns if c not in ROW_COLUMNS]].reset_index(drop=True)
         table = pa.Table.from_pandas(rows, preserve_index=False)
-        meta = {**meta, "key": key, "rows_hash": rows_digest(table_to_frame(table))}
+        meta = {**meta, "schema": STORE_SCHEMA, "key": key, "rows_hash": rows_digest(table_to_frame(table))}
         meta = json.loads(canonical_json(meta))  # as it will read back
         meta["meta_hash"] = meta_digest(meta)
         table = table.replace_schema_metadata({META_KEY: canonical_json(meta).encode()})

@@ -39,7 +39,7 @@ def timed(cmd: list[str]) -> tuple[float, float, str, float]:
     return wall, ru.ru_maxrss / 1024**2, out, ru.ru_utime + ru.ru_stime
 
 
-def scale_check(repeats: int, n_boot: int) -> None:
+def scale_check(repeats: int) -> None:
     """Time the tables' statistics (the part of rendering that grows with the results) at paper scale.
 
     Per-user rows are made up (in memory, no methods run): Table 1 with 8 rows × PRISM (1,287 users)
@@ -71,7 +71,7 @@ def scale_check(repeats: int, n_boot: int) -> None:
                     assignments.append(Assignment("table1", key, sid, m, m, seed, settings[sid].unseen_shots, sid))
                 if m in t2 and sid == "prism":
                     assignments.append(Assignment("table2", key, sid, m, m, seed, None, sid))
-    cfg = {"alpha": 0.05, "n_unit": "users", "bootstrap": n_boot,
+    cfg = {"alpha": 0.05, "n_unit": "users",
            "outputs": {"table1": {"kind": "table1", "settings": list(settings), "methods": t1, "ours": "mrm",
                                   "unranked": ["oracle"]},
                        "table2": {"kind": "table2", "settings": ["prism"], "methods": t2, "reference": "mrm"}}}
@@ -86,7 +86,7 @@ def scale_check(repeats: int, n_boot: int) -> None:
     t0 = time.perf_counter()
     g2 = pt.table2(rs, "table2")
     t_2 = time.perf_counter() - t0
-    print(json.dumps({"phase": "scale-check", "repeats": repeats, "bootstrap": n_boot, "frames_s": round(t_load, 2),
+    print(json.dumps({"phase": "scale-check", "repeats": repeats, "frames_s": round(t_load, 2),
                       "table1_s": round(t_1, 2), "table1_tests": len(g1.tests), "table2_s": round(t_2, 2),
                       "table2_tests": len(g2.tests)}), flush=True)
 
@@ -100,10 +100,9 @@ def main() -> None:
     ap.add_argument("--skip-cold", action="store_true", help="only time the resumed run and re-rendering")
     ap.add_argument("--scale-check", action="store_true",
                     help="only time the tables' statistics on made-up rows at paper scale (8 methods, 1,287 users)")
-    ap.add_argument("--bootstrap", type=int, default=1000, help="replicates for --scale-check (the file's default)")
     args = ap.parse_args()
     if args.scale_check:
-        scale_check(args.repeats, args.bootstrap)
+        scale_check(args.repeats)
         return
 
     from bench.registry import METHOD_GROUP, _group

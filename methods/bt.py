@@ -9,6 +9,7 @@ import numpy as np
 from bench.api import Context, Method, ParamCount, Queries, UserPairs, count_tensors
 from bench.methods._common import unique_rows, user_balanced_weights
 from bench.methods._optim import Adam
+from bench.progress import step as progress_step
 
 
 class BT(Method):
@@ -46,7 +47,8 @@ class BT(Method):
         w = w.astype(np.float32)
         scale = np.float32(self.logit_scale)
         opt = Adam(v, lr=self.lr)
-        for _ in range(self.iterations):
+        for it in range(self.iterations):
+            progress_step(it, self.iterations, "iteration")
             logits = (d @ v) * scale
             # d/dv of Σ w·softplus(−logit) = −scale · dᵀ (w · σ(−logit))
             r = (-scale) * w * expit(-logits).astype(np.float32)

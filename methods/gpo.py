@@ -32,6 +32,7 @@ from bench.methods._incontext import (
     torch_seed_everything,
     train_row_cache,
 )
+from bench.progress import step as progress_step
 
 
 def _padded(starts: np.ndarray, lengths: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +155,7 @@ class GPO(Method):
         best = (np.inf, 0, None)
         net.train()
         for step in range(self.steps):
+            progress_step(step, self.steps, "step")
             if len(queue) == 0:
                 queue = rng.permutation(users)  # one epoch over the seen users
             batch, queue = queue[: self.batch_users], queue[self.batch_users :]

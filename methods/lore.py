@@ -16,6 +16,7 @@ from bench.api import Context, Method, ParamCount, Queries, UserPairs, count_ten
 from bench.errors import BenchError
 from bench.methods._common import unique_rows, user_balanced_weights
 from bench.methods._optim import Adam
+from bench.progress import step as progress_step
 
 ZERO_SHOT = ("mean", "uniform")
 
@@ -155,7 +156,8 @@ class LoRe(Method):
         m = user_sum_matrix(u, n_seen)
         sc = np.float32(self.logit_scale)
         opt_v, opt_w = Adam(V, lr=self.lr), Adam(W, lr=self.lr)  # one joint Adam = one per tensor
-        for _ in range(self.iterations):
+        for it in range(self.iterations):
+            progress_step(it, self.iterations, "iteration")
             s = softmax_rows(W)
             su = s[u]
             z = d @ V

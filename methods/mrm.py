@@ -32,8 +32,6 @@ with ``create_graph=True``, exactly what ``higher`` records).
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import time
 from pathlib import Path
@@ -44,14 +42,10 @@ import numpy as np
 from bench.api import Context, Method, ParamCount, Queries, UserPairs, count_tensors
 from bench.errors import BenchError
 from bench.methods._common import unique_rows
+from bench.progress import step as progress_step
+from bench.threads import single_threaded_blas
 
 ADAM_BETAS = (0.9, 0.999)
-_BLAS_SYMBOLS = (
-    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
-    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-    ("openblas_set_num_threads", "openblas_get_num_threads"),
-)
 ADAM_EPS = 1e-8
 TRAIN_INNER_ADAM = ("higher-0.2.1", "torch")
 INNER_OPTIMIZERS = ("adam", "sgd")
@@ -59,49 +53,10 @@ OBJECTIVES = ("rpo", "sum")
 
 
 # ============================================================================ BLAS threads
-
-
-@contextlib.contextmanager
-def single_threaded_blas():
-    """Run NumPy's bundled OpenBLAS on one thread inside the block (restored afterwards).
-
-    The meta-training loop issues tens of thousands of small products ((n × D)·(D × K), n ≈ 10–300).
-    OpenBLAS splits those over its threads, and on a shared machine whose cores are busy its
-    threads wait for each other: a 150 × 4096 × 2 product measured 18 ms with two threads under
-    load against 0.2 ms on one. Where NumPy is not linked to a findable OpenBLAS this does nothing.
-    """
-    lib = _openblas_controls()
-    if lib is None:
-        yield
-        return
-    set_threads, get_threads = lib
-    old = int(get_threads())
-    set_threads(1)
-    try:
-        yield
-    finally:
-        set_threads(old)
-
-
-@functools.lru_cache(maxsize=1)
-def _openblas_controls():
-    import ctypes
-    import glob
-    import os
-
-    root = os.path.dirname(os.path.dirname(np.__file__))
-    for path in sorted(glob.glob(os.path.join(root, "numpy.libs", "*openblas*"))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for set_name, get_name in _BLAS_SYMBOLS:
-            if hasattr(lib, set_name) and hasattr(lib, get_name):
-                setter, getter = getattr(lib, set_name), getattr(lib, get_name)
-                setter.argtypes, setter.restype = [ctypes.c_int], None
-                getter.argtypes, getter.restype = [], ctypes.c_int
-                return setter, getter
-    return None
+# The meta-training loop issues tens of thousands of small products ((n × D)·(D × K), n ≈ 10–300).
+# OpenBLAS splits those over its threads, and on a shared machine whose cores are busy its threads
+# wait for each other: a 150 × 4096 × 2 product measured 18 ms with two threads under load against
+# 0.2 ms on one. ``single_threaded_blas`` (threadpoolctl) runs the loop on one BLAS thread.
 
 
 # ============================================================================ K-dimensional math
@@ -674,6 +629,7 @@ class MRM(Method):
         best = (-np.inf, None)
         since_best = 0
         for epoch in range(1, int(self.epochs) + 1):
+            progress_step(epoch - 1, int(self.epochs), "epoch")
             plan = _Epoch(lay, rng, int(self.meta_batch), split)
             loss_sum = 0.0
             for j in range(plan.n_steps):

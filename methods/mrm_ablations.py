@@ -25,6 +25,15 @@ from bench.api import Context, ParamCount, Queries, UserPairs, count_tensors
 from bench.errors import BenchError
 from bench.methods._common import unique_rows
 from bench.methods.mrm import ADAM_BETAS, MRM, _Epoch, _Layout, adam_eps, combine_losses, cosine_lambda
+from bench.progress import step as progress_step
+from bench.threads import torch_threads
+
+
+def torch_addcmul(p, a, b, value: float):
+    """p + value·a·b (one fused pass)."""
+    import torch
+
+    return torch.addcmul(p, a, b, value=value)
 
 
 class _Ablation(MRM):
@@ -272,6 +281,11 @@ class MRMNoBasis(_Ablation):
     early_stopping = False  # not offered for this ablation
     val_fraction = 0.1
     patience = None
+    # Private: True runs the autograd reference (second-order ``torch.autograd`` through the
+    # expanded weights, :meth:`_inner`); False the hand-derived one-step path
+    # (:meth:`_meta_step`), which is used whenever ``inner_steps`` / ``eval_inner_steps`` is 1.
+    # ``tests/test_mrm.py`` compares the two.
+    _reference: ClassVar[bool] = False
 
     def _check_params(self) -> None:
         if not isinstance(self.hidden, (int, np.integer)) or isinstance(self.hidden, bool) or self.hidden < 1:
@@ -333,6 +347,101 @@ class MRMNoBasis(_Ablation):
             params = tuple(new)
         return params
 
+    # ------------------------------------------------------------------ hand-derived one-step path
+    # Blocks are stacked: S (B × 2n × D) holds each user's n chosen rows, then its n rejected
+    # rows (zero rows for padding), with per-pair weights Sw (B × n, zero on padding).
+    def _closed_form(self, steps: int) -> bool:
+        return (not self._reference) and steps == 1 and self.inner_optimizer in ("adam", "sgd")
+
+    def _support_grads(self, W1, b1, v, S, Sw):
+        """Per-user gradients (B × …) of the weighted support loss at the shared (W1, b1, v),
+        and the forward quantities the Hessian–vector product reuses."""
+        import torch
+
+        n = Sw.shape[1]
+        Z = torch.matmul(S, W1.T) + b1  # B × 2n × h
+        d = (Z > 0).to(Z.dtype) if self.activation == "relu" else torch.ones_like(Z)
+        A = Z * d
+        m = torch.matmul(A[:, :n] - A[:, n:], v)  # B × n margins
+        sg = torch.sigmoid(-m)
+        e = -Sw * sg  # ∂L/∂m
+        s = torch.cat([e, -e], dim=1)  # ∂L/∂r of each row
+        P = s[..., None] * v * d  # ∂L/∂z of each row
+        GW = torch.bmm(P.transpose(1, 2), S)
+        return (GW, P.sum(1), (s[..., None] * A).sum(1)), (d, A, s, Sw * sg * (1 - sg))
+
+    def _step_params(self, p, G, eps_hat: bool):
+        """One inner step of every user's copy (fresh Adam: lr·G/(|G| + ε); or SGD: lr·G) and
+        the step's elementwise derivative w.r.t. G, negated (−lr·ε/(|G| + ε)², or −lr)."""
+        lr = float(self.inner_lr)
+        if self.inner_optimizer == "sgd":
+            return p - lr * G, -lr
+        eps = adam_eps(1, eps_hat)
+        R = G.abs().add_(eps).reciprocal_()
+        new = torch_addcmul(p, G, R, -lr)
+        return new, R.square_().mul_(-lr * eps)
+
+    def _meta_step(self, params, S, Sw, Q, Qw):
+        """One meta-batch in closed form: the per-user query losses (B,) and a function that,
+        given c = ∂obj/∂losses (B,), returns ∂obj/∂(W1, b1, v) — what autograd computes
+        through :meth:`_inner` with ``create_graph=True``.
+
+        Inner step θ' = θ − φ(G(θ)) with G the support gradient; ∂obj/∂θ = Ḡ' + H_S(θ)·u with
+        Ḡ' = ∂obj/∂θ', u = −φ'(G) ⊙ Ḡ' and H_S the support loss's Hessian, applied by a
+        forward-mode pass written out below (ReLU's mask is constant, as in autograd)."""
+        import torch
+
+        W1, b1, v = params
+        eps_hat = self.train_inner_adam == "higher-0.2.1"
+        (GW, Gb, Gv), (d, A, s, ed) = self._support_grads(W1, b1, v, S, Sw)
+        W1a, fW = self._step_params(W1, GW, eps_hat)  # B × h × D
+        b1a, fb = self._step_params(b1, Gb, eps_hat)  # B × h
+        va, fv = self._step_params(v, Gv, eps_hat)
+        n, nq = Sw.shape[1], Qw.shape[1]
+        Zq = torch.baddbmm(b1a[:, None, :], Q, W1a.transpose(1, 2))  # B × 2nq × h
+        dq = (Zq > 0).to(Zq.dtype) if self.activation == "relu" else torch.ones_like(Zq)
+        Aq = Zq * dq
+        mq = torch.bmm(Aq[:, :nq] - Aq[:, nq:], va[:, :, None])[..., 0]
+        losses = (torch.nn.functional.softplus(-mq) * Qw).sum(1)
+
+        def backward(c):
+            eq = -(c[:, None] * Qw) * torch.sigmoid(-mq)
+            sq = torch.cat([eq, -eq], dim=1)
+            Pq = sq[..., None] * va[:, None, :] * dq
+            Wbar = torch.bmm(Pq.transpose(1, 2), Q)  # ∂obj/∂W1' per user
+            bbar, vbar = Pq.sum(1), (sq[..., None] * Aq).sum(1)
+            gW = Wbar.sum(0)
+            uW, ub, uv = Wbar.mul_(fW), bbar * fb, vbar * fv
+            # tangent of the support gradient along u (forward mode, at θ)
+            zd = torch.baddbmm(ub[:, None, :], S, uW.transpose(1, 2)) * d  # ż masked: ȧ
+            md = torch.bmm(A[:, :n] - A[:, n:], uv[:, :, None])[..., 0] + torch.matmul(zd[:, :n] - zd[:, n:], v)
+            sd = ed * md
+            sd = torch.cat([sd, -sd], dim=1)  # ṡ
+            T = (sd[..., None] * v + s[..., None] * uv[:, None, :]) * d
+            gW.addmm_(T.flatten(0, 1).T, S.flatten(0, 1))
+            gb = bbar.sum(0) + T.sum((0, 1))
+            gv = vbar.sum(0) + (sd[..., None] * A + s[..., None] * zd).sum((0, 1))
+            return gW, gb, gv
+
+        return losses, backward
+
+    @staticmethod
+    def _gather(X, rows_c, rows_r, counts):
+        """Stacked padded block (B × 2·n_max × D: chosen rows, then rejected) gathered in one
+        indexing from X, whose last row is zero, and the 1/n pair weights (B × n_max)."""
+        import torch
+
+        B, n_max = len(counts), int(counts.max())
+        zero = X.shape[0] - 1
+        idx = np.full((B, 2, n_max), zero, dtype=np.int64)
+        live = np.arange(n_max) < counts[:, None]
+        idx[:, 0][live] = rows_c
+        idx[:, 1][live] = rows_r
+        S = X[torch.from_numpy(idx.reshape(-1))].view(B, 2 * n_max, X.shape[1])
+        with np.errstate(divide="ignore"):
+            w = np.where(live, 1.0 / np.maximum(counts, 1)[:, None], 0.0)
+        return S, torch.from_numpy(w.astype(np.float32))
+
     @staticmethod
     def _pad(rows_c, rows_r, counts, X):
         """Padded (B × n_max × D) chosen/rejected blocks and 1/n weights from CSR rows."""
@@ -354,15 +463,9 @@ class MRMNoBasis(_Ablation):
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: UserPairs, ctx: Context) -> "MRMNoBasis":
-        import torch
-
         # small operations: extra intra-op threads only wait on each other on a shared CPU
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             return self._fit(train, ctx)
-        finally:
-            torch.set_num_threads(old)
 
     def _fit(self, train: UserPairs, ctx: Context) -> "MRMNoBasis":
         import torch
@@ -398,30 +501,45 @@ class MRMNoBasis(_Ablation):
         b1 = torch.empty(h).uniform_(-bw, bw, generator=g).requires_grad_()
         v = torch.empty(h).uniform_(-bv, bv, generator=g).requires_grad_()
         params = (W1, b1, v)
-        opt = torch.optim.Adam(params, lr=float(self.meta_lr))
+        closed = self._closed_form(int(self.inner_steps))
+        # the fused kernel: torch.optim.Adam's update in one pass (equal to the default loop up
+        # to float32 rounding); the reference path keeps the default
+        opt = torch.optim.Adam(params, lr=float(self.meta_lr), **({"fused": True} if closed else {}))
         total = lay.n_active * int(self.epochs) // int(self.meta_batch)
         warm = int(total * self.warmup)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lambda(s, warm, total))
         rng = np.random.default_rng([int(ctx.seed), 0x4D524D])
+        if closed:  # a zero last row: the padding of :meth:`_gather`
+            X = torch.cat([X, torch.zeros(1, X.shape[1], dtype=X.dtype)])
         self.epoch_losses_ = []
         for epoch in range(1, int(self.epochs) + 1):
+            progress_step(epoch - 1, int(self.epochs), "epoch")
             plan = _Epoch(lay, rng, int(self.meta_batch), split=True)
             loss_sum = 0.0
             for j in range(plan.n_steps):
                 p0, p1, prow, ns, _, _, _ = plan.step(j)
                 B = p1 - p0
                 n_s, n_q = plan.n_s[p0:p1], plan.n_q[p0:p1]
-                Sc, Sr, Sw = self._pad(loc_c[prow[:ns]], loc_r[prow[:ns]], n_s, X)
-                Qc, Qr, Qw = self._pad(loc_c[prow[ns:]], loc_r[prow[ns:]], n_q, X)
-                expanded = tuple(p.unsqueeze(0).expand(B, *p.shape) for p in params)
-                adapted = self._inner(expanded, Sc, Sr, Sw, int(self.inner_steps), create_graph=True,
-                                      eps_hat=self.train_inner_adam == "higher-0.2.1")
-                losses = self._user_losses(adapted, Qc, Qr, Qw)
-                obj = self._combine_torch(losses)
-                opt.zero_grad()
-                obj.backward()
+                if closed:
+                    with torch.no_grad():
+                        S, Sw = self._gather(X, loc_c[prow[:ns]], loc_r[prow[:ns]], n_s)
+                        Q, Qw = self._gather(X, loc_c[prow[ns:]], loc_r[prow[ns:]], n_q)
+                        losses, backward = self._meta_step(params, S, Sw, Q, Qw)
+                        c = self._combine_weights(losses)
+                        for p, gp in zip(params, backward(c)):
+                            p.grad = gp
+                else:
+                    Sc, Sr, Sw = self._pad(loc_c[prow[:ns]], loc_r[prow[:ns]], n_s, X)
+                    Qc, Qr, Qw = self._pad(loc_c[prow[ns:]], loc_r[prow[ns:]], n_q, X)
+                    expanded = tuple(p.unsqueeze(0).expand(B, *p.shape) for p in params)
+                    adapted = self._inner(expanded, Sc, Sr, Sw, int(self.inner_steps), create_graph=True,
+                                          eps_hat=self.train_inner_adam == "higher-0.2.1")
+                    losses = self._user_losses(adapted, Qc, Qr, Qw)
+                    obj = self._combine_torch(losses)
+                    opt.zero_grad()
+                    obj.backward()
                 if self.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, float(self.grad_clip))
+                    torch.nn.utils.clip_grad_norm_(params, float(self.grad_clip), foreach=True if closed else None)
                 opt.step()
                 sched.step()
                 loss_sum += float(losses.detach().sum())
@@ -434,6 +552,14 @@ class MRMNoBasis(_Ablation):
         self.best_epoch_ = None
         self.fit_seconds_ = time.perf_counter() - t0
         return self
+
+    def _combine_weights(self, losses):
+        """∂obj/∂losses of the RPO / sum objective (:func:`combine_losses`), as a torch vector."""
+        import torch
+
+        L = losses.detach().double().numpy()
+        _, grad, _ = combine_losses(L, self.objective, float(self.rho), float(self.gamma))
+        return torch.from_numpy(grad).to(losses.dtype)
 
     def _combine_torch(self, losses):
         """RPO / sum on a torch vector, through :func:`combine_losses`' gradient (exact)."""
@@ -452,14 +578,8 @@ class MRMNoBasis(_Ablation):
         return self
 
     def score(self, queries: Queries) -> np.ndarray:
-        import torch
-
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             return self._score(queries)
-        finally:
-            torch.set_num_threads(old)
 
     def _score(self, queries: Queries) -> np.ndarray:
         import torch
@@ -475,6 +595,7 @@ class MRMNoBasis(_Ablation):
         scale = float(self.feature_scale)
         steps = int(self.eval_inner_steps)
         users = np.flatnonzero(np.diff(q_off) > 0)
+        closed = self._closed_form(steps)
         for c0 in range(0, len(users), int(self.eval_chunk)):
             chunk = users[c0 : c0 + int(self.eval_chunk)]
             B = len(chunk)
@@ -485,10 +606,17 @@ class MRMNoBasis(_Ablation):
                 rows, inv = np.unique(np.r_[sup.chosen[sel], sup.rejected[sel]], return_inverse=True)
                 X = torch.from_numpy(f.take(rows)) * scale
                 # users without support have all-zero weights: zero gradient, no move
-                Sc, Sr, Sw = self._pad(inv[: len(sel)], inv[len(sel) :], n_s, X)
-                with torch.enable_grad():
-                    params = tuple(p.clone().requires_grad_() for p in params)
-                    params = tuple(p.detach() for p in self._inner(params, Sc, Sr, Sw, steps, create_graph=False))
+                if closed:
+                    X = torch.cat([X, torch.zeros(1, X.shape[1], dtype=X.dtype)])
+                    with torch.no_grad():
+                        S, Sw = self._gather(X, inv[: len(sel)], inv[len(sel) :], n_s)
+                        G, _ = self._support_grads(W1, b1, v, S, Sw)
+                        params = tuple(self._step_params(p, g, False)[0] for p, g in zip((W1, b1, v), G))
+                else:
+                    Sc, Sr, Sw = self._pad(inv[: len(sel)], inv[len(sel) :], n_s, X)
+                    with torch.enable_grad():
+                        params = tuple(p.clone().requires_grad_() for p in params)
+                        params = tuple(p.detach() for p in self._inner(params, Sc, Sr, Sw, steps, create_graph=False))
             qsel = np.concatenate([order[q_off[u] : q_off[u + 1]] for u in chunk])
             n_q = np.array([q_off[u + 1] - q_off[u] for u in chunk])
             rows, inv = np.unique(np.r_[queries.a[qsel], queries.b[qsel]], return_inverse=True)

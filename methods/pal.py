@@ -26,6 +26,7 @@ from bench.api import Context, Method, ParamCount, Queries, UserPairs
 from bench.errors import BenchError
 from bench.hashing import id_hashes, mix64, tag
 from bench.methods._common import unique_rows
+from bench.progress import step as progress_step
 
 ZERO_SHOT = ("mean", "uniform")
 INPUT_SCALES = ("rms", "none")
@@ -76,21 +77,12 @@ class RowAdam:
             self.p[rows] -= self.lr * (m / (1 - self.b1**t)) / denom
 
 
-class _one_thread:
-    """Run torch single-threaded inside the block (minibatch steps of a few rows gain nothing from
-    more threads, and on a shared CPU extra threads mostly spin); restores the setting after."""
+def _one_thread():
+    """torch single-threaded inside the block (minibatch steps of a few rows gain nothing from
+    more threads, and on a shared CPU extra threads mostly wait); restores the setting after."""
+    from bench.threads import torch_threads
 
-    def __enter__(self):
-        import torch
-
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.n)
-        return False
+    return torch_threads(1)
 
 
 class _PALBase(Method):
@@ -362,6 +354,7 @@ class _PALBase(Method):
         n = len(data["user"])
         self._pending = []
         for epoch in range(self.epochs):
+            progress_step(epoch, self.epochs, "epoch")
             perm = rng.permutation(n)
             f.train()
             total = 0.0
@@ -521,6 +514,7 @@ class _PALBase(Method):
         counts = np.bincount(u, minlength=len(w))
         starts = np.r_[0, np.cumsum(counts)[:-1]]
         for epoch in range(self.adapt_epochs):
+            progress_step(epoch, self.adapt_epochs, "adapt epoch")
             # Per user, a random order of its own pairs cut into minibatches. The order is keyed
             # by (seed, epoch, pair id), so a user's schedule does not depend on other users.
             key = mix64(np.uint64(self.ctx_.seed), np.uint64(tag("pal-adapt")), np.uint64(epoch), pair_key)

@@ -32,6 +32,7 @@ from bench.methods._incontext import (
     train_row_cache,
     user_sorted,
 )
+from bench.progress import step as progress_step
 
 
 class VPL(Method):
@@ -141,7 +142,8 @@ class VPL(Method):
         step = 0
         losses = []
         net.train()
-        for _ in range(self.epochs):
+        for epoch in range(self.epochs):
+            progress_step(epoch, self.epochs, "epoch")
             perm = self._epoch_order(user, off, rng)
             for start in range(0, n, self.batch_size):
                 t = perm[start : start + self.batch_size]

@@ -43,7 +43,7 @@ FIG_RC = {
 }
 
 # squares: personalized input; triangles: personalized parameter (as the paper's Fig. 3)
-KIND_MARKER = {"personalized input": "s", "personalized parameter": "^", "meta-learning": "*", "reference": "o"}
+KIND_MARKER = {"personalized input": "s", "personalized parameter": "^", "meta-learning": "*", "reference": "o", "other": "D"}
 SINGLE = 3.4  # inches, one column
 DOUBLE = 7.0
 
@@ -77,18 +77,51 @@ def save(fig, stem: Path, data: pd.DataFrame) -> list[Path]:
     return [pdf, png, csv]
 
 
-def summarise(values: np.ndarray, expected: int) -> dict:
-    """mean, std (ddof 1), n, expected, complete, and a 95% t-interval over splits."""
+def summarise(values: np.ndarray, expected: int, rows: pd.DataFrame | None = None, metric: str | None = None) -> dict:
+    """mean, std (ddof 1), n, expected, complete, and a 95% interval.
+
+    With the per-user ``rows`` of the line's cells and the ``metric``, the interval is the crossed
+    users × splits t-interval (:func:`bench.comparison.level`: the users' and the splits' variance
+    both count; docs/paper.md § Statistics). Without rows it is a Student t-interval over splits,
+    which is right only for quantities whose splits are independent given the users (the
+    selection-bias curve)."""
     from scipy.special import stdtrit  # Student t quantile (scipy.stats is slow to import)
 
     m, s, n = mean_std(values)
-    half = float(stdtrit(n - 1, 0.975) * s / math.sqrt(n)) if n > 1 and np.isfinite(s) else float("nan")
-    return {"mean": m, "std": s, "ci_low": m - half, "ci_high": m + half, "n_splits": n, "expected": expected,
+    nan = float("nan")
+    if rows is not None and metric is not None:
+        lo = hi = nan
+        if n > 1 and len(rows):
+            from bench.comparison import level
+
+            r = level(rows, metric)
+            if r.ok:
+                lo, hi = r.ci_low, r.ci_high
+    else:
+        half = float(stdtrit(n - 1, 0.975) * s / math.sqrt(n)) if n > 1 and np.isfinite(s) else nan
+        lo, hi = m - half, m + half
+    return {"mean": m, "std": s, "ci_low": lo, "ci_high": hi, "n_splits": n, "expected": expected,
             "complete": bool(n == expected and n > 0)}
 
 
-def _legend_label(label: str, complete: bool, n: int, expected: int) -> str:
-    return label if complete else f"{label} ({n}/{expected} splits)"
+def _legend_label(label: str, complete: bool, n: int, expected: int, panel: str = "") -> str:
+    """``label``, or for a line missing splits ``label (panel b: 2/3 splits)`` (the panel named where
+    the figure has several, since one legend serves them all)."""
+    if complete:
+        return label
+    where = f"panel {panel}: " if panel else ""
+    return f"{label} ({where}{n}/{expected} splits)"
+
+
+def whisker_note(data: pd.DataFrame) -> str:
+    """What the whiskers of a mean ± std figure are."""
+    S = int(data["expected"].max()) if len(data) and "expected" in data else 0
+    return f"Whiskers: ±1 s.d. over {'the ' + str(S) + ' ' if S else ''}splits"
+
+
+CHANCE = "chance (50%)"
+BAND_NOTE = "Band: 95% t-interval over splits, given these users (docs/paper.md § Statistics)"
+INTERVAL_NOTE = "Whiskers: 95% interval, users × splits (docs/paper.md § Statistics)"
 
 
 def _style_kwargs(complete: bool, color, marker: str) -> dict:
@@ -107,7 +140,10 @@ def _dodge(i: int, n: int, width: float = 0.06) -> float:
 
 def worst_k_data(slots: pd.DataFrame, settings: list[tuple[str, str]], variants: list[tuple[str, str, str]],
                  ks: list[int], population: str = "overall") -> pd.DataFrame:
-    """``settings`` = [(id, label)], ``variants`` = [(label, method, kind)]."""
+    """``settings`` = [(id, label)], ``variants`` = [(label, method, kind)]: mean and s.d. over splits.
+
+    No interval: the crossed interval of one method's worst-k level undercovers with few users
+    (simulated 0.87–0.92 at 40 users; docs/paper.md § Statistics), so Fig. 3 shows ±1 s.d."""
     recs = []
     for sid, slabel in settings:
         for label, method, kind in variants:
@@ -118,8 +154,9 @@ def worst_k_data(slots: pd.DataFrame, settings: list[tuple[str, str]], variants:
             for k in ks:
                 col = f"{population}_worst{k}"
                 vals = done[col].to_numpy(np.float64) if col in done else np.array([])
-                recs.append({"setting": slabel, "variant": label, "method": method, "kind": kind, "k": k,
-                             **summarise(vals, g["seed"].nunique())})
+                stats = summarise(vals, g["seed"].nunique())
+                del stats["ci_low"], stats["ci_high"]
+                recs.append({"setting": slabel, "variant": label, "method": method, "kind": kind, "k": k, **stats})
     return pd.DataFrame.from_records(recs)
 
 
@@ -141,16 +178,19 @@ def plot_worst_k(data: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
                 complete = bool(g["complete"].all())
                 kw = _style_kwargs(complete, colors[v], KIND_MARKER.get(g["kind"].iloc[0], "o"))
                 x = [ks.index(k) + _dodge(vi, len(variants)) for k in g["k"]]
+                # whiskers: ±1 s.d. over splits, descriptive (a 95% interval for a worst-k level does not
+                # hold its level with 40 users in simulation: docs/paper.md § Statistics)
                 ax.errorbar(x, g["mean"] * 100, yerr=g["std"].fillna(0) * 100, capsize=2, elinewidth=0.6,
-                            label=_legend_label(v, complete, int(g["n_splits"].min()), int(g["expected"].max())), **kw)
+                            label=_legend_label(v, complete, int(g["n_splits"].min()), int(g["expected"].max()),
+                                                chr(97 + p) if len(panels) > 1 else ""), **kw)
             if _has_data(d):
-                ax.axhline(50, color="0.4", linewidth=0.6, linestyle=":", zorder=0)
+                ax.axhline(50, color="0.4", linewidth=0.6, linestyle=":", zorder=0, label=CHANCE)
             else:
                 no_data(ax)
             ax.set_xticks(range(len(ks)), [f"Worst {k}%" for k in ks])
             ax.set_ylabel("Accuracy (%)")
             ax.set_title(_panel_title(p, setting, len(panels)))
-        _figure_legend(fig, axes[0])
+        _figure_legend(fig, axes[0], title=whisker_note(data) if _has_data(data) else None)
         if title:
             fig.suptitle(title)
         return save(fig, stem, data)
@@ -163,13 +203,18 @@ def _panel_title(p: int, text: str, n_panels: int) -> str:
     return "\n".join(textwrap.wrap(f"({chr(97 + p)}) {text}", width))
 
 
-def _figure_legend(fig, axes) -> None:
+def _figure_legend(fig, axes, title: str | None = None, ncol: int = 4) -> None:
+    """One legend below the panels (outside the axes, so it never covers data); ``title`` says
+    what the whiskers or bands are."""
     seen: dict[str, object] = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
+    if CHANCE in seen:  # the reference line last
+        seen[CHANCE] = seen.pop(CHANCE)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=min(len(seen), 4))
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=min(len(seen), ncol),
+                   title=title, title_fontsize=FIG_RC["legend.fontsize"])
 
 
 # ---------------------------------------------------------------------------- Fig. 4 / Fig. 5: sweeps
@@ -195,11 +240,12 @@ METRIC_NAME = {"overall": "Overall", "overall_worst10": "Worst 10%", "overall_wo
                "overall_worst50": "Worst 50%"}
 
 
-def plot_rho(data: pd.DataFrame, stem: Path, param_label: str = "Threshold ratio ρ") -> list[Path]:
-    """Fig. 4: (a) overall accuracy per ρ, (b) worst-k% per ρ (grouped bars)."""
+def plot_rho(data: pd.DataFrame, stem: Path, param_label: str = "Threshold ratio ρ", fixed: str = "") -> list[Path]:
+    """Fig. 4: (a) overall accuracy per ρ (points: a zoomed axis, so no bars), (b) worst-k% per ρ
+    (grouped bars from 0). ``fixed`` names what every cell shares (e.g. "meta batch 8")."""
     plt = _mpl()
     with plt.rc_context(FIG_RC):
-        fig, (a, b) = plt.subplots(1, 2, figsize=(DOUBLE * 0.75, 2.3), gridspec_kw={"width_ratios": [1, 1.6]},
+        fig, (a, b) = plt.subplots(1, 2, figsize=(DOUBLE * 0.75, 2.6), gridspec_kw={"width_ratios": [1, 1.6]},
                                  layout="constrained")
         values = list(dict.fromkeys(data["value"])) if len(data) else []
         colors = _palette(len(values))
@@ -209,32 +255,50 @@ def plot_rho(data: pd.DataFrame, stem: Path, param_label: str = "Threshold ratio
             if not len(r):
                 continue
             r = r.iloc[0]
-            a.bar(i, r["mean"] * 100, yerr=(r["std"] if np.isfinite(r["std"]) else 0) * 100, color=colors[i],
-                  capsize=2, width=0.6, hatch=None if r["complete"] else "//", edgecolor="black", linewidth=0.4,
-                  error_kw={"elinewidth": 0.6})
+            kw = _style_kwargs(bool(r["complete"]), colors[i], "o")
+            kw.update(linestyle="none", markersize=5)
+            a.errorbar(i, r["mean"] * 100, yerr=(r["std"] if np.isfinite(r["std"]) else 0) * 100, capsize=2,
+                       elinewidth=0.6, **kw)
         if not _has_data(d):
             no_data(a)
             no_data(b)
         a.set_xticks(range(len(values)), [value_label(v) for v in values])
+        a.set_xlim(-0.5, max(len(values), 1) - 0.5)
         a.set_xlabel(param_label)
         a.set_ylabel("Overall accuracy (%)")
         a.set_title("(a) Overall")
         _tight_ylim(a, d)
         ks = [m for m in ("overall_worst10", "overall_worst20", "overall_worst50") if len(data) and m in set(data["metric"])]
         width = 0.8 / max(len(values), 1)
+        symbol = param_label.split()[-1] if param_label else "value"
         for i, v in enumerate(values):
             r = data[(data["value"] == v) & (data["metric"].isin(ks))].set_index("metric").reindex(ks)
             x = np.arange(len(ks)) + (i - (len(values) - 1) / 2) * width
             complete = bool(r["complete"].fillna(False).all())
             b.bar(x, r["mean"] * 100, width=width, yerr=r["std"].fillna(0) * 100, color=colors[i], capsize=1.5,
                   edgecolor="black", linewidth=0.4, hatch=None if complete else "//", error_kw={"elinewidth": 0.5},
-                  label=f"ρ = {value_label(v)}" + ("" if complete else " (incomplete)"))
+                  label=f"{symbol} = {value_label(v)}" + ("" if complete else " (incomplete: hatched, hollow)"))
+        b.set_ylim(bottom=0)
         b.set_xticks(range(len(ks)), [METRIC_NAME[k] for k in ks])
         b.set_ylabel("Accuracy (%)")
         b.set_title("(b) Worst users")
+        if fixed:
+            fig.suptitle(f"All cells: {fixed}", fontsize=FIG_RC["axes.titlesize"])
         if values:
-            b.legend(loc="upper left")
+            _figure_legend(fig, [b], title=whisker_note(data) if _has_data(data) else None)
         return save(fig, stem, data)
+
+
+PARAM_NAME = {"meta_batch": "meta batch", "rho": "ρ", "gamma": "γ"}
+
+
+def fixed_text(params: dict | None) -> str:
+    """The parameters every cell of a figure (or panel) shares, as the paper says them: "meta batch 8"."""
+    out = []
+    for k, v in (params or {}).items():
+        name = PARAM_NAME.get(k, k)
+        out.append(f"{name} {value_label(v)}" if len(name) > 1 else f"{name} = {value_label(v)}")
+    return ", ".join(out)
 
 
 def no_data(ax, what: str = "no results yet") -> None:
@@ -299,7 +363,7 @@ def plot_two_metric_sweeps(data: pd.DataFrame, stem: Path, panels: list[dict]) -
                 complete = bool(r["complete"].fillna(False).all())
                 h = axis.errorbar(x + shift, r["mean"] * 100, yerr=r["std"].fillna(0) * 100, capsize=2, elinewidth=0.6,
                                   **_style_kwargs(complete, color, "o" if metric == "overall" else "s"))
-                legend.setdefault(name + ("" if complete else " (incomplete)"), h)
+                legend.setdefault(name + ("" if complete else f" (panel {chr(97 + p)}: incomplete)"), h)
                 axis.set_ylabel(f"{name} accuracy (%)", color=color)
                 axis.tick_params(axis="y", colors=color)
             if not _has_data(d):
@@ -308,16 +372,21 @@ def plot_two_metric_sweeps(data: pd.DataFrame, stem: Path, panels: list[dict]) -
             ax.set_xticks(x, labels)
             xlabel = spec.get("xlabel", d["param"].iloc[0] if len(d) else "")
             ax.set_xlabel(xlabel + (f" ({spec['note']})" if spec.get("note") else ""))
-            ax.set_title(f"({chr(97 + p)}) {xlabel}")
+            fixed = fixed_text(spec.get("params"))
+            ax.set_title(f"({chr(97 + p)}) {xlabel}" + (f", {fixed}" if fixed else ""))
         if legend:
-            fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=len(legend))
+            fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=len(legend),
+                       title=whisker_note(data) if _has_data(data) else None, title_fontsize=FIG_RC["legend.fontsize"])
         return save(fig, stem, data)
 
 
 # ---------------------------------------------------------------------------- Fig. 6: few-shot
 
 
-def few_shot_data(slots: pd.DataFrame, settings: list[tuple[str, str]], variants: list[tuple[str, str, str]]) -> pd.DataFrame:
+def few_shot_data(slots: pd.DataFrame, settings: list[tuple[str, str]], variants: list[tuple[str, str, str]],
+                  rows_of=None) -> pd.DataFrame:
+    """Unseen accuracy per support budget; the band is the crossed 95% interval (``rows_of(keys)``
+    gives the cells' per-user rows; without it the band is NaN)."""
     recs = []
     for sid, slabel in settings:
         for label, method, kind in variants:
@@ -326,8 +395,9 @@ def few_shot_data(slots: pd.DataFrame, settings: list[tuple[str, str]], variants
                 g = g0[g0["unseen_label"] == u]
                 done = g[g["state"] == "done"]
                 vals = done["unseen"].to_numpy(np.float64) if "unseen" in done else np.array([])
+                rows = rows_of(list(done["key"])) if rows_of is not None else pd.DataFrame()
                 recs.append({"setting": slabel, "variant": label, "method": method, "kind": kind, "unseen_shots": u,
-                             **summarise(vals, g["seed"].nunique())})
+                             **summarise(vals, g["seed"].nunique(), rows, "unseen")})
     return pd.DataFrame.from_records(recs)
 
 
@@ -341,22 +411,33 @@ def plot_few_shot(data: pd.DataFrame, stem: Path) -> list[Path]:
         for p, (ax, setting) in enumerate(zip(axes[0], panels)):
             d = data[data["setting"] == setting] if len(data) else data
             budgets = sorted(set(d["unseen_shots"]), key=lambda b: (b == "all", int(b) if b != "all" else 0)) if len(d) else []
-            for v in variants:
+            for vi, v in enumerate(variants):
                 g = d[d["variant"] == v].set_index("unseen_shots").reindex(budgets).dropna(subset=["expected"])
                 if not len(g):
                     continue
                 complete = bool(g["complete"].all())
-                x = [budgets.index(b) for b in g.index]
+                # dodged like Fig. 3: six shaded bands on one panel would hide each other
+                x = np.array([budgets.index(b) for b in g.index], dtype=float) + _dodge(vi, len(variants))
                 kw = _style_kwargs(complete, colors[v], KIND_MARKER.get(g["kind"].iloc[0], "o"))
-                ax.plot(x, g["mean"] * 100, label=_legend_label(v, complete, int(g["n_splits"].min()), int(g["expected"].max())), **kw)
-                ax.fill_between(x, g["ci_low"] * 100, g["ci_high"] * 100, color=colors[v], alpha=0.15, linewidth=0)
+                m = g["mean"].to_numpy(np.float64) * 100
+                ax.plot(x, m, label=_legend_label(v, complete, int(g["n_splits"].min()), int(g["expected"].max()),
+                                                  chr(97 + p) if len(panels) > 1 else ""), **kw)
+                # an accuracy interval past 0 or 100 % says nothing more than 0 or 100 %
+                lo, hi = (np.clip(g[c].to_numpy(np.float64) * 100, 0, 100) for c in ("ci_low", "ci_high"))
+                ok = np.isfinite(lo) & np.isfinite(hi)
+                if ok.any():
+                    eb = ax.errorbar(x[ok], m[ok], yerr=[np.maximum(m - lo, 0)[ok], np.maximum(hi - m, 0)[ok]], fmt="none",
+                                     ecolor=colors[v], elinewidth=0.6, capsize=2)
+                    if not complete:
+                        for c in eb[2]:
+                            c.set_linestyle("--")
             if not _has_data(d):
                 no_data(ax)
             ax.set_xticks(range(len(budgets)), budgets)
             ax.set_xlabel("Support pairs per unseen user")
             ax.set_ylabel("Unseen accuracy (%)")
             ax.set_title(_panel_title(p, setting, len(panels)))
-        _figure_legend(fig, axes[0])
+        _figure_legend(fig, axes[0], title=INTERVAL_NOTE if _has_data(data) else None)
         return save(fig, stem, data)
 
 
@@ -388,8 +469,11 @@ def plot_params(data: pd.DataFrame, stem: Path) -> list[Path]:
         ax.set_yscale("log")
         ax.set_xlabel("Number of users")
         ax.set_ylabel("Trainable parameters")
-        if variants:
-            ax.legend(loc="upper left", ncol=2)
+        dims = sorted({int(x) for x in data["dim"].dropna()}) if len(data) and "dim" in data else []
+        if len(dims) == 1:
+            ax.set_title(f"Feature dimension D = {dims[0]}")
+        if variants:  # below the axes: inside, the lines of many methods leave it no free corner
+            fig.legend(loc="outside lower center", ncol=min(len(variants), 3))
         return save(fig, stem, data)
 
 
@@ -397,7 +481,7 @@ def plot_params(data: pd.DataFrame, stem: Path) -> list[Path]:
 
 
 def plot_selection_bias(curve: pd.DataFrame, picks: pd.DataFrame, stem: Path, data: pd.DataFrame) -> list[Path]:
-    """Mean test accuracy per epoch (band: 95% t-interval over splits); each split's test-selected epoch."""
+    """Mean test accuracy per epoch (band: 95% interval of the mean over splits); each split's test-selected epoch."""
     plt = _mpl()
     with plt.rc_context(FIG_RC):
         fig, ax = plt.subplots(figsize=(SINGLE, 2.9), layout="constrained")
@@ -406,9 +490,9 @@ def plot_selection_bias(curve: pd.DataFrame, picks: pd.DataFrame, stem: Path, da
             ax.plot(curve["epoch"], curve["mean"] * 100, color=c1, label="Overall test accuracy (mean over splits)")
             ax.fill_between(curve["epoch"], curve["ci_low"] * 100, curve["ci_high"] * 100, color=c1, alpha=0.2, linewidth=0)
         if len(picks):
-            ax.scatter(picks["selected_epoch"], picks["official"] * 100, color=c2, marker="v", zorder=3, s=14,
+            ax.scatter(picks["selected_epoch"], picks["official"] * 100, color=c2, marker="v", zorder=4, s=16,
                        label="Best test epoch of each split (official)")
-            ax.scatter(picks["final_epoch"], picks["honest"] * 100, color=c3, marker="o", zorder=3, s=12,
+            ax.scatter(picks["final_epoch"], picks["honest"] * 100, color=c3, marker="o", zorder=3, s=10,
                        label="Final epoch of each split (honest)")
         from matplotlib.ticker import MaxNLocator
 
@@ -418,5 +502,6 @@ def plot_selection_bias(curve: pd.DataFrame, picks: pd.DataFrame, stem: Path, da
         ax.set_title("Analysis: selecting the epoch on test data")
         handles, labels = ax.get_legend_handles_labels()
         if handles:
-            fig.legend(handles, labels, loc="outside lower center", ncol=1)
+            fig.legend(handles, labels, loc="outside lower center", ncol=1, title=BAND_NOTE if len(curve) else None,
+                       title_fontsize=FIG_RC["legend.fontsize"])
         return save(fig, stem, data)

@@ -6,10 +6,11 @@ Rules that keep a table honest:
 * Ranks (bold best, underlined second) use unrounded means and only rows that are *complete* in
   that column — every planned split present. A row with missing splits shows the mean of what it
   has followed by ``(k/S)`` and is never ranked, tested or used for the improvement row.
-* Significance: Nadeau–Bengio corrected resampled t-test over paired split-level differences
-  (two-sided), Holm-adjusted over the family of every comparison shown in the table; the caption
-  names the family, the test, S, α and how n is counted. The Wilcoxon test and the cluster-bootstrap
-  CI of each comparison go to the table's ``*-tests.csv``.
+* Significance: the crossed users × splits t-test on the paired per-user differences (two-sided;
+  bench.comparison, docs/paper.md § Statistics), Holm-adjusted over the family of every comparison
+  shown in the table; the caption names the family, the test, S and α. Each comparison's interval,
+  variance shares and the paper's corrected resampled t (seen/unseen) go to the table's
+  ``*-tests.csv``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bench.comparison import compare, metric_label, nb_description
+from bench.comparison import compare, metric_label
 from bench.metrics import mean_std
+from bench.reports.latex import minus
 from bench.stats import holm
 
 SPLIT_COLUMNS = ("seen", "unseen", "overall")
@@ -52,7 +54,7 @@ class Grid:
     extra_rows: list[tuple[str, list[str]]] = field(default_factory=list)
     tests: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    boot_cache: dict = field(default_factory=dict, repr=False)
+    blocks: list[tuple[int, str]] = field(default_factory=list)  # (first row, title): Table 1's official / tuned blocks
 
     def __post_init__(self):
         if self.markers is None:
@@ -111,7 +113,7 @@ def build_grid(name: str, slots: pd.DataFrame, rows: list[tuple[str, str]], colu
                 [m not in unranked for _, m in rows])
 
 
-def _compare_cells(rs, grid: Grid, i: int, k: int, j: int, n_unit: str, n_boot: int):
+def _compare_cells(rs, grid: Grid, i: int, k: int, j: int, n_unit: str):
     """The paired comparison of rows i and k in column j, or None (with a note) if they are not paired."""
     from bench.errors import BenchError
 
@@ -119,9 +121,7 @@ def _compare_cells(rs, grid: Grid, i: int, k: int, j: int, n_unit: str, n_boot: 
     ra = rs.user_rows(grid.keys[i, j])
     rb = rs.user_rows(grid.keys[k, j])
     try:
-        # one seed and one draw cache per table: all its comparisons share the bootstrap resamples
-        return compare(ra, rb, grid.rows[i], grid.rows[k], metric=col.metric, n_unit=n_unit, n_boot=n_boot,
-                       seed=0, cache=grid.boot_cache)
+        return compare(ra, rb, grid.rows[i], grid.rows[k], metric=col.metric, n_unit=n_unit)
     except BenchError as e:
         note = f"{col.group} · {col.label}: {grid.rows[i]} vs {grid.rows[k]} not tested — {e.message}"
         if note not in grid.notes:
@@ -129,7 +129,7 @@ def _compare_cells(rs, grid: Grid, i: int, k: int, j: int, n_unit: str, n_boot: 
         return None
 
 
-def mark_best_vs_rest(rs, grid: Grid, alpha: float, n_unit: str, n_boot: int) -> None:
+def mark_best_vs_rest(rs, grid: Grid, alpha: float, n_unit: str) -> None:
     """Table 1: the best row of each column against every other complete rankable row; Holm over all."""
     pending = []
     for j, col in enumerate(grid.columns):
@@ -140,7 +140,7 @@ def mark_best_vs_rest(rs, grid: Grid, alpha: float, n_unit: str, n_boot: int) ->
         for k in range(len(grid.rows)):
             if k == best or not grid.rankable[k] or not grid.complete(k, j):
                 continue
-            c = _compare_cells(rs, grid, best, k, j, n_unit, n_boot)
+            c = _compare_cells(rs, grid, best, k, j, n_unit)
             if c is None:
                 grid.markers[best, j] += "?"  # its significance cannot be established: say so, never star it
                 continue
@@ -152,7 +152,7 @@ def mark_best_vs_rest(rs, grid: Grid, alpha: float, n_unit: str, n_boot: int) ->
             grid.markers[tests[0]["row_a"], j] += "*"
 
 
-def mark_against_reference(rs, grid: Grid, reference: int, alpha: float, n_unit: str, n_boot: int) -> None:
+def mark_against_reference(rs, grid: Grid, reference: int, alpha: float, n_unit: str) -> None:
     """Table 2: every other row against the reference row (full MRM); Holm over all; † marks a significant difference."""
     pending = []
     for j in range(len(grid.columns)):
@@ -161,7 +161,7 @@ def mark_against_reference(rs, grid: Grid, reference: int, alpha: float, n_unit:
         for k in range(len(grid.rows)):
             if k == reference or not grid.complete(k, j):
                 continue
-            c = _compare_cells(rs, grid, reference, k, j, n_unit, n_boot)
+            c = _compare_cells(rs, grid, reference, k, j, n_unit)
             if c is not None:
                 pending.append((j, reference, k, c))
     _apply_holm(grid, pending, alpha)
@@ -171,11 +171,11 @@ def mark_against_reference(rs, grid: Grid, reference: int, alpha: float, n_unit:
 
 
 def _apply_holm(grid: Grid, pending, alpha: float) -> None:
-    adj = holm([c.ttest.pvalue for *_, c in pending])
+    adj = holm([c.pvalue for *_, c in pending])
     for (j, i, k, c), p in zip(pending, adj):
         rec = c.record()
         rec.update(column=j, setting=grid.columns[j].setting, group=grid.columns[j].group, row_a=i, row_b=k,
-                   p_nb_holm=float(p), significant=bool(np.isfinite(p) and p < alpha))
+                   p_holm=float(p), significant=bool(np.isfinite(p) and p < alpha))
         grid.tests.append(rec)
 
 
@@ -210,12 +210,18 @@ def table1(rs, output: str) -> Grid:
     rows = list(dict.fromkeys(zip(slots["variant"], slots["method"])))
     order = {m: i for i, m in enumerate(cfg.get("methods", []))}
     unranked = set(cfg.get("unranked", []))
-    # unranked rows (the oracle ceiling) go last; otherwise the experiment file's order
-    rows.sort(key=lambda r: (r[1] in unranked, order.get(r[1], 99)))
+    # unranked rows (the oracle ceiling) go last; otherwise the experiment file's order; rows
+    # METHOD@tuned (bench/tuning.py) form a second block after the official settings
+    tuned = lambda m: m.endswith("@tuned")  # noqa: E731
+    base = lambda m: m[: -len("@tuned")] if tuned(m) else m  # noqa: E731
+    rows.sort(key=lambda r: (r[1] in unranked, tuned(r[1]), order.get(base(r[1]), 99)))
     grid = build_grid(output, slots, rows, columns, unranked)
+    if any(tuned(m) for _, m in rows):
+        first_tuned = next(i for i, (_, m) in enumerate(rows) if tuned(m))
+        grid.blocks = [(0, "Official settings"), (first_tuned, "Tuned on validation (equal budget, docs/tuning.md)")]
     alpha = float(plan.config.get("alpha", 0.05))
     n_unit = str(plan.config.get("n_unit", "users"))
-    mark_best_vs_rest(rs, grid, alpha, n_unit, int(plan.config.get("bootstrap", 1000)))
+    mark_best_vs_rest(rs, grid, alpha, n_unit)
     ours = cfg.get("ours")
     imp = improvement_row(grid, ours) if ours else None
     if imp is not None:
@@ -242,7 +248,7 @@ def table2(rs, output: str) -> Grid:
     ref = cfg.get("reference")
     if ref in grid.methods:
         mark_against_reference(rs, grid, grid.methods.index(ref), float(plan.config.get("alpha", 0.05)),
-                               str(plan.config.get("n_unit", "users")), int(plan.config.get("bootstrap", 1000)))
+                               str(plan.config.get("n_unit", "users")))
     return grid
 
 
@@ -260,6 +266,7 @@ def _latex_cell(grid: Grid, i: int, j: int) -> str:
     txt = grid.cell_text(i, j, pm=r"$\pm$")
     if txt == "–":
         return "--"
+    txt = minus(txt)
     marks = grid.markers[i, j]
     if marks:
         sup = marks.replace("*", "*").replace("†", r"\dagger")
@@ -274,7 +281,7 @@ def to_latex(grid: Grid, caption: str, label: str, header: str = "", row_title: 
     body = [[_latex_cell(grid, i, j) for j in range(len(grid.columns))] for i in range(len(grid.rows))]
     index = [_latex_escape(r) for r in grid.rows]
     for lab, vals in grid.extra_rows:
-        body.append([_latex_escape(v) for v in vals])
+        body.append([minus(_latex_escape(v)) for v in vals])
         index.append(_latex_escape(lab))
     data = pd.DataFrame(body, index=pd.Index(index), columns=cols)
     styler = data.style
@@ -314,6 +321,12 @@ def to_latex(grid: Grid, caption: str, label: str, header: str = "", row_title: 
             if line.startswith(first + " &"):
                 lines.insert(n, "\\midrule")
                 break
+    for b, (row, title) in enumerate(grid.blocks):  # a title row (after a rule) above each block
+        for n, line in enumerate(lines):
+            if line.startswith(index[row] + " &"):
+                lines[n:n] = ([] if b == 0 else ["\\midrule"]) + [
+                    f"\\multicolumn{{{len(grid.columns) + 1}}}{{l}}{{\\emph{{{_latex_escape(title)}}}}} \\\\"]
+                break
     return header + "\n".join(lines)
 
 
@@ -331,7 +344,10 @@ def to_markdown(grid: Grid) -> str:
     head = ["Method"] + [f"{c.group} · {c.label}" for c in grid.columns]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ranks = [grid.ranks(j) for j in range(len(grid.columns))]
+    starts = dict(grid.blocks)
     for i, r in enumerate(grid.rows):
+        if i in starts:
+            out.append("| " + " | ".join([f"*{starts[i]}*"] + [""] * len(grid.columns)) + " |")
         cells = []
         for j in range(len(grid.columns)):
             t = grid.cell_text(i, j) + grid.markers[i, j]
@@ -349,15 +365,14 @@ def tests_frame(grid: Grid) -> pd.DataFrame:
     f = pd.DataFrame.from_records(grid.tests)
     f["a"] = [grid.rows[i] for i in f["row_a"]]
     f["b"] = [grid.rows[k] for k in f["row_b"]]
-    cols = ["column", "group", "setting", "metric", "a", "b", "n_splits", "mean_a", "mean_b", "diff", "boot_ci_low", "boot_ci_high",
-            "nb_ci_low", "nb_ci_high", "t", "df", "nb_factor", "n_unit", "n_train", "n_test", "p_nb", "p_nb_holm", "significant",
-            "wilcoxon_stat", "p_wilcoxon", "wilcoxon_method"]
+    cols = ["column", "group", "setting", "metric", "a", "b", "n_splits", "n_users", "mean_a", "mean_b", "diff",
+            "ci_low", "ci_high", "se", "df", "t", "p", "p_holm", "significant", "var_share_users", "var_share_splits",
+            "var_share_error", "note", "p_nb", "nb_factor", "n_unit", "n_train", "n_test"]
     return f[cols]
 
 
 def caption_table1(grid: Grid, plan, output: str, skipped_methods: list[str]) -> str:
     alpha = float(plan.config.get("alpha", 0.05))
-    n_unit = str(plan.config.get("n_unit", "users"))
     S = int(grid.expected.max()) if grid.expected.size else 0
     fam = len(grid.tests)
     cap = (
@@ -369,36 +384,86 @@ def caption_table1(grid: Grid, plan, output: str, skipped_methods: list[str]) ->
         cap += f" ({_latex_escape(', '.join(unranked))}: a ceiling, not ranked or tested)"
     cap += (
         ". $^{*}$: the best row of the column is significantly better than every other complete row "
-        f"(Nadeau--Bengio corrected resampled $t$-test over paired split-level differences, two-sided, "
-        f"{_latex_escape(nb_description(n_unit))}; Holm over the family of all {fam} best-vs-row comparisons "
-        f"in this table; $\\alpha={alpha:g}$)."
+        f"(crossed users $\\times$ splits $t$-test on the paired per-user differences, two-sided; "
+        f"Holm over the family of all {fam} best-vs-row comparisons in this table; $\\alpha={alpha:g}$)."
     )
     if grid.extra_rows:
         ours = _latex_escape(plan.method_label(plan.config["outputs"][output].get("ours", "")))
         cap += (f" \\% Improvement: gain of the best {ours} row over the best other row, relative to the latter "
-                "(only where every row is complete).")
+                "(only where every row is complete; -- where one is not).")
     if any("?" in m for m in grid.markers.ravel()):
         cap += " $^{?}$: a comparison of this best cell could not be made (the cells are not paired; see the index)."
     if grid.incomplete_rows():
         cap += " $(k/S)$: only $k$ of $S$ planned splits are present; such cells are neither ranked, tested nor used for the improvement."
+    cap += _dash_note(grid)
     if skipped_methods:
         cap += f" Not run (not installed): {_latex_escape(', '.join(skipped_methods))}."
-    return cap
+    return cap + _left_out_of_table1(grid, plan)
+
+
+def _dash_note(grid: Grid) -> str:
+    """Say what a ``--`` body cell means, where there is one."""
+    if not (grid.n == 0).any():
+        return ""
+    return " --: no split of this row is stored for that setting (the index lists the missing cells)."
+
+
+def _left_out_of_table1(grid: Grid, plan) -> str:
+    """Which rows of the paper's Table 1 (Cai et al., SIGIR 2026) this table does not have, and why."""
+    parts = []
+    if not any(m.startswith("synthesizeme") for m in grid.methods):
+        parts.append("SynthesizeMe (ICL) and (FT), which read the prompts' and responses' text with an LLM "
+                     "instead of the reward-model embeddings every row here uses (run them with \\texttt{bench run "
+                     "-{}-methods synthesizeme,synthesizeme-ft} on a text dataset)")
+    one_model = all(len(specs) <= 1 for specs in plan.roles.values())
+    if one_model and any(m in grid.methods for m in ("rm", "mrm")):
+        parts.append("the separate Skywork-Reward V1 and V2 rows of the zero-shot reward model and of MRM: each "
+                     "dataset here has one feature model, so each has one row (list one dataset spec per feature "
+                     "model to get a row per model, docs/paper.md \\S~Real data)")
+    if not parts:
+        return ""
+    return " Rows of the paper's Table 1 (Cai et al., SIGIR 2026) left out here: " + "; ".join(parts) + "."
 
 
 def caption_table2(grid: Grid, plan, skipped_methods: list[str] = ()) -> str:
     alpha = float(plan.config.get("alpha", 0.05))
-    n_unit = str(plan.config.get("n_unit", "users"))
     S = int(grid.expected.max()) if grid.expected.size else 0
     cap = (
         f"Ablations of MRM: user-level accuracy (\\%) overall and on the worst 10/20/50\\% of users, mean $\\pm$ std "
         f"over $S={S}$ splits. Bold: best; underlined: second best (complete rows only). $^\\dagger$: differs "
-        f"significantly from MRM (Nadeau--Bengio corrected resampled $t$-test, two-sided, "
-        f"{_latex_escape(nb_description(n_unit))}; Holm over all {len(grid.tests)} comparisons of this table; "
+        f"significantly from MRM (crossed users $\times$ splits $t$-test on the paired per-user differences, "
+        f"two-sided; {_table2_family(grid, plan)}; "
         f"$\\alpha={alpha:g}$)."
     )
     if grid.incomplete_rows():
         cap += " $(k/S)$: only $k$ of $S$ planned splits are present; such cells are neither ranked nor tested."
+    cap += _dash_note(grid)
     if skipped_methods:
         cap += f" Not run (not installed): {_latex_escape(', '.join(skipped_methods))}."
     return cap
+
+
+def _table2_family(grid: Grid, plan) -> str:
+    """The Holm family of Table 2 in words; when a comparison could not be made, what is missing."""
+    ref = (plan.config.get("outputs", {}).get(grid.name) or {}).get("reference")
+    ref_label = _latex_escape(plan.method_label(ref)) if ref else "the reference row"
+    fam = len(grid.tests)
+    if ref not in grid.methods:
+        return f"no comparison made: the reference row {ref_label} has no results, so no cell is marked"
+    i = grid.methods.index(ref)
+    C = len(grid.columns)
+    lacking = [j for j in range(C) if not grid.complete(i, j)]
+    if len(lacking) == C:
+        have = sorted({int(grid.n[i, j]) for j in range(C)})
+        k = str(have[0]) if len(have) == 1 else f"{have[0]} to {have[-1]}"
+        S = int(grid.expected[i].max()) if C else 0
+        return (f"no comparison made: the reference row {ref_label} has only {k} of its {S} planned splits, "
+                "a test needs every split of both rows, so no cell is marked")
+    if fam == 0:
+        return f"no comparison made: no other row is complete where {ref_label} is, so no cell is marked"
+    text = f"Holm over all {fam} comparisons of this table"
+    if lacking:
+        cols = ", ".join(f"{grid.columns[j].group} {grid.columns[j].label}" for j in lacking)
+        text += (f", made only in the columns where {ref_label} is complete ({_latex_escape(cols)} untested: "
+                 f"{ref_label} lacks splits there)")
+    return text

@@ -148,28 +148,45 @@ def build_table(rows: pd.DataFrame, row_order: list[str] | None = None, settings
     return Table(variants, settings, mean, std, n, expected, missing)
 
 
-def render_rich(table: Table, title: str = "Accuracy (%) — mean ± std over splits"):
-    from rich.table import Table as RichTable
+BEST, SECOND = "*", "+"  # visible without colour (a log file); bold / underline add emphasis on a terminal
 
-    t = RichTable(title=title, show_lines=False)
-    t.add_column("Method", style="bold")
-    for setting in table.settings:
-        for pop in POPS:
-            t.add_column(f"{setting}\n{POP_LABEL[pop]}", justify="right")
+
+def render_rich(table: Table, title: str | None = None):
+    """One rich table per setting (Seen / Unseen / Overall under the setting's title), the number
+    of splits in the title, best/second marked with ``*``/``+`` (and bold/underline), a legend."""
+    from rich.console import Group
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    parts = []
     ranks = {(s, p): table.ranks(s, p) for s in table.settings for p in POPS}
-    for r in table.rows:
-        cells = []
-        for s in table.settings:
+    for setting in table.settings:
+        n = table.expected.get(setting, 0)
+        spread = f"mean ± std over {n} splits" if n > 1 else "1 split"
+        head = f"{setting} — accuracy (%), {spread}" if title is None else f"{title} — {setting} ({spread})"
+        parts.append(Text(head, style="bold"))
+        t = RichTable(show_lines=False)
+        t.add_column("Method", style="bold")
+        for pop in POPS:
+            t.add_column(POP_LABEL[pop], justify="right")
+        for r in table.rows:
+            cells = []
             for p in POPS:
-                txt = table.cell_text(r, s, p)
-                rk = ranks[(s, p)].get(r)
+                txt = table.cell_text(r, setting, p)
+                rk = ranks[(setting, p)].get(r)
                 if rk == 1:
-                    txt = f"[bold]{txt}[/bold]"
+                    cells.append(Text(f"{txt} {BEST}", style="bold"))
                 elif rk == 2:
-                    txt = f"[underline]{txt}[/underline]"
-                cells.append(txt)
-        t.add_row(r, *cells)
-    return t
+                    cells.append(Text(f"{txt} {SECOND}", style="underline"))
+                else:
+                    cells.append(Text(f"{txt}  " if any(ranks[(setting, q)] for q in POPS) else txt))
+            t.add_row(r, *cells)
+        parts.append(t)
+    legend = f"{BEST} best, {SECOND} second best (complete rows only; oracle not ranked)"
+    if table.missing:
+        legend += "\n(k/S): results for only k of the S splits; not ranked"
+    parts.append(Text(legend))
+    return Group(*parts)
 
 
 def _latex_escape(s: str) -> str:
@@ -180,8 +197,10 @@ def _latex_escape(s: str) -> str:
 
 def to_latex(table: Table, caption: str | None = None, label: str = "tab:main", header: str = "") -> str:
     """LaTeX (booktabs) via pandas Styler: bold best, underline second, markers in the caption."""
+    from bench.reports.latex import minus
+
     data = pd.DataFrame(
-        [[table.cell_text(r, s, p).replace("±", r"$\pm$") for s in table.settings for p in POPS] for r in table.rows],
+        [[minus(table.cell_text(r, s, p).replace("±", r"$\pm$")) for s in table.settings for p in POPS] for r in table.rows],
         index=[_latex_escape(r) for r in table.rows],
         # "Method" heads the row labels on the second header line (an index name would add a row)
         columns=pd.MultiIndex.from_tuples([(_latex_escape(s), POP_LABEL[p]) for s in table.settings for p in POPS],

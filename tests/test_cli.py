@@ -62,9 +62,12 @@ def test_bad_shots(cli, tmp_path, shots):
     assert code == 2 and "--shots" in err
 
 
-def test_bad_repeats_is_rejected_by_the_parser(cli, tmp_path):
-    with pytest.raises(SystemExit):
-        cli("run", "--repeats", "0", "--results", tmp_path)
+@pytest.mark.parametrize("repeats", ["0", "-2"])
+def test_bad_repeats_gives_one_line_error(cli, tmp_path, repeats):
+    code, out, err = cli("run", "--repeats", repeats, "--results", tmp_path / "r")
+    assert code == 2 and "usage:" not in err
+    assert f"--repeats must be ≥ 1, got {int(repeats)}" in err and "fix:" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_budget_larger_than_data_uses_what_exists(cli, tmp_path):

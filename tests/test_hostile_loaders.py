@@ -254,7 +254,7 @@ PRISM_CASES = [
     Case("survey-missing-n", "a survey row without num_completed_conversations", _pr_row(0, lambda r: r.pop("num_completed_conversations"), "survey.jsonl"), r"'num_completed_conversations' must be a number, got None"),
     Case("survey-user-null", "a survey row with user_id null", _pr_row(0, lambda r: r.update(user_id=None), "survey.jsonl"), r"'user_id' must be a non-empty string, got None"),
     Case("user-zero-completed", "a user whose survey says 0 completed conversations", _pr(), None, "counted skip: that user's conversations", _dropped("no completed conversation in the survey", 1)),
-    Case("user-not-in-survey", "conversations of a user missing from the survey", _pr_append(prism_conversation("u9-c0", "u9", [("q?", [("a.", True), ("b.", False)])])), None, "counted skip (as users with no completed conversation)", _dropped("no completed conversation in the survey", 2)),
+    Case("user-not-in-survey", "conversations of a user missing from the survey", _pr_append(prism_conversation("u9-c0", "u9", [("q?", [("a.", True), ("b.", False)])])), None, 'counted skip, under its own label ("users absent from the survey")', _dropped("absent from the survey", 1)),
     Case("no-qualifying-turn", "a conversation with no turn that has a chosen and a rejected response", _pr(), None, "counted skip", _dropped("without a turn that has a chosen and a rejected", 1)),
     Case("few-conversations", "users with fewer than 6 conversations (zero pairs left)", _pr(), None, "counted skip: their conversations", _dropped("fewer than 6 conversations", 8)),
     Case("identical-texts", "a rejected response identical to the chosen one", _pr(), None, "counted skip", _dropped("chosen and rejected texts are identical", 1)),
@@ -464,6 +464,7 @@ def test_textprefs_cache_case(tmp_path, monkeypatch, textprefs_cache, case):
 TINY = "synthetic-prism:dim=32,users=12"
 FLAG_CASES = [
     # (id, extra args, error regex); run in-process through bench.cli.main
+    ("repeats-0", ["--repeats", "0"], r"--repeats must be ≥ 1, got 0"),
     ("param-int-text", ["--param", "bt.iterations=abc"], r"--param bt.iterations='abc': expected an integer, got str"),
     ("param-int-frac", ["--param", "bt.iterations=2.5"], r"expected an integer, got float"),
     ("param-int-bool", ["--param", "bt.iterations=true"], r"expected an integer, got bool"),
@@ -487,7 +488,6 @@ FLAG_CASES = [
     ("unknown-method", ["--methods", "btt"], r"unknown method 'btt'"),
 ]
 ARGPARSE_CASES = [
-    ("repeats-0", ["--repeats", "0"], r"must be a positive integer"),
     ("repeats-text", ["--repeats", "x"], r"is not an integer"),
     ("seen-ratio-text", ["--seen-ratio", "half"], r"invalid float value"),
 ]

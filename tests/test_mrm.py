@@ -641,3 +641,51 @@ def objective_nograd(m, params, B, Sc, Sr, Sw, Qc, Qr, Qw):
         expanded = tuple(p.clone().requires_grad_().unsqueeze(0).expand(B, *p.shape) for p in params)
         adapted = m._inner(expanded, Sc, Sr, Sw, 1, create_graph=False)
     return float(m._combine_torch(m._user_losses(adapted, Qc, Qr, Qw)))
+
+
+# ============================================================================ mrm-no-basis: closed form vs autograd
+
+
+@pytest.mark.parametrize("activation,optimizer", [("relu", "adam"), ("relu", "sgd"), ("linear", "adam")])
+def test_no_basis_closed_form_meta_step_equals_autograd(activation, optimizer):
+    """The hand-derived one-step meta-gradient (``_meta_step``) against the autograd reference
+    (``_inner`` with create_graph=True through the expanded weights, then RPO), in float64."""
+    m = MRMNoBasis(hidden=4, inner_lr=0.05, activation=activation, inner_optimizer=optimizer)
+    rng = np.random.default_rng(1)
+    B, n_s, n_q, D = 3, 3, 4, 6
+    T = lambda *s: torch.tensor(rng.standard_normal(s))
+    Sc, Sr, Qc, Qr = T(B, n_s, D), T(B, n_s, D), T(B, n_q, D), T(B, n_q, D)
+    Sc[1, 2] = Sr[1, 2] = 0.0  # padded rows carry zero features and zero weight
+    Sw = torch.full((B, n_s), 1.0 / n_s, dtype=torch.float64)
+    Sw[1, 2], Sw[1, :2] = 0.0, 0.5
+    Qw = torch.full((B, n_q), 1.0 / n_q, dtype=torch.float64)
+    Qw[2, 3], Qw[2, :3] = 0.0, 1.0 / 3
+    base = [T(4, D) * 0.5, T(4) * 0.5, T(4)]
+    params = [p.clone().requires_grad_() for p in base]
+    expanded = tuple(p.unsqueeze(0).expand(B, *p.shape) for p in params)
+    adapted = m._inner(expanded, Sc, Sr, Sw, 1, create_graph=True, eps_hat=True)
+    ref_losses = m._user_losses(adapted, Qc, Qr, Qw)
+    m._combine_torch(ref_losses).backward()
+    losses, backward = m._meta_step(base, torch.cat([Sc, Sr], 1), Sw, torch.cat([Qc, Qr], 1), Qw)
+    np.testing.assert_allclose(losses.numpy(), ref_losses.detach().numpy(), rtol=1e-12)
+    for ours, p in zip(backward(m._combine_weights(losses)), params):
+        np.testing.assert_allclose(ours.numpy(), p.grad.numpy(), rtol=1e-9, atol=1e-12)
+    assert float(params[0].grad.abs().max()) > 1e-3  # a gradient that can disagree
+
+
+@pytest.mark.parametrize("family", ["prism-like", "reddit-like"])
+def test_no_basis_closed_form_fit_and_score_match_reference_loop(family, monkeypatch):
+    """Whole fit → adapt → score, the vectorised closed-form path against the old autograd loop
+    (``_reference``) on tiny data: same losses, weights and scores within float32 tolerance."""
+    tr, q, ctx = _toy(0, U=16, D=8)
+    kw = dict(epochs=4, hidden=5, feature_scale=1.0, inner_lr=1e-3 if family == "prism-like" else 5e-2, meta_lr=5e-3)
+    fast = MRMNoBasis(**kw).fit(tr.for_users(tr.seen), ctx).adapt(tr)
+    monkeypatch.setattr(MRMNoBasis, "_reference", True)
+    ref = MRMNoBasis(**kw).fit(tr.for_users(tr.seen), ctx).adapt(tr)
+    np.testing.assert_allclose(fast.epoch_losses_, ref.epoch_losses_, rtol=1e-5)
+    for a, b in zip(fast.params_, ref.params_):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+    s_fast, s_ref = fast.score(q), ref.score(q)
+    assert not np.allclose(s_ref, MRMNoBasis(**kw).fit(tr.for_users(tr.seen), ctx).adapt(tr.for_users(np.zeros(tr.n_users, bool))).score(q))
+    np.testing.assert_allclose(s_fast, s_ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(s_fast > 0, s_ref > 0)

@@ -110,6 +110,7 @@ def test_figure_csvs_hold_the_plotted_numbers(toy_paper):
     assert (fig7["total"] == fig7["shared"] + fig7["per_user"] * fig7["n_users"]).all()
     toy = fig7[fig7["variant"] == "MRM"]
     assert (toy["shared"] == 32).all() and (toy["per_user"] == 32).all()  # the toy's formula at D = 32
+    assert (fig7["dim"] == 32).all()  # the D the formulas are evaluated at: the dataset's feature dimension
 
 
 def test_selection_bias_official_is_never_below_honest_and_the_hook_leaves_training_alone(toy_paper):
@@ -159,6 +160,10 @@ def test_partial_results_are_not_ranked_averaged_or_hidden(toy_paper, tmp_path):
     assert not fig3[(fig3["variant"] == "MRM") & (fig3["setting"] == "PRISM")]["complete"].any()
     states = pd.read_csv(tmp_path / "out" / "cells.csv").groupby("key")["state"].first()
     assert states[victim] == "missing" and states[failed] == "failed"
+    # Table 2 shares those cells: its reference row is incomplete, so nothing is tested, and it says why
+    t2 = (tmp_path / "out" / "table2.tex").read_text()
+    assert "0 comparisons" not in t2
+    assert "no comparison made: the reference row MRM has only 1 of its 3 planned splits" in t2
 
 
 def test_selection_bias_needs_the_hook(tmp_path):
@@ -179,15 +184,22 @@ def test_compare_prints_difference_ci_and_tests(toy_paper):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(registry, "_group", _patched_group())
         code, out = _main("compare", "toy-mrm", "bt", "--dataset", "synthetic-reddit", "--unseen-shots", "10",
-                          "--results", results, "--boot", "200")
+                          "--results", results)
         assert code == 0, out
-        assert "toy-mrm vs bt" in out and "Overall worst 10%" in out and "CI (bootstrap)" in out
-        assert "1/S + n_test/n_train = 1/3 + 4/4" in out and "n counted in users" in out
-        assert "Wilcoxon" in out and "only 3 paired splits" in out
+        assert "A = toy-mrm" in out and "B = bt" in out and "Overall worst 10%" in out and "95% CI" in out
+        assert "crossed users × splits t" in out and "3 paired splits" in out
+        assert "Paper convention, corrected resampled t" in out and "1/S + n_test/n_train" in out
+        assert "only 3 paired splits" in out and "bootstrap" not in out.lower() and "Wilcoxon" not in out
+        assert "p = 0 " not in out and "nan" not in out.lower()
+        # several shared settings: the dataset's Table 1 setting (or the best-paired one) is shown,
+        # and the note names the flags that select each of the others
+        mp.setenv("COLUMNS", "80")  # as in an 80-column terminal: everything fits
         code, out = _main("compare", "toy-mrm", "bt", "--dataset", "synthetic-reddit", "--results", results)
-        assert code == 2 and "several settings" in out and "--unseen-shots" in out
+        assert code == 0 and "shared settings; showing" in out and "--unseen-shots" in " ".join(out.split()), out
+        assert max(len(line) for line in out.splitlines()) <= 80, out
+        mp.delenv("COLUMNS")
         code, out = _main("compare", "toy-mrm", "bt", "--dataset", "synthetic-prism", "--results", results)
-        assert code == 2 and "several settings" in out
+        assert code == 0 and "A = toy-mrm" in out, out
         code, out = _main("compare", "toy-mrn", "bt", "--dataset", "synthetic-reddit", "--results", results)
         assert code == 2 and "Did you mean 'toy-mrm'" in out
         code, out = _main("compare", "toy-mrm", "bt", "--dataset", "synthetic-reddit", "--unseen-shots", "10",
@@ -240,6 +252,8 @@ def test_generated_latex_compiles(toy_paper, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:]
     assert (tmp_path / "main.pdf").exists()
+    log = (tmp_path / "main.log").read_text(errors="replace")
+    assert "Overfull \\hbox" not in log, log[log.find("Overfull"):][:500]  # every table fits the page
 
 
 def test_paper_with_worker_processes_renders_the_same_outputs(toy_paper, tmp_path):

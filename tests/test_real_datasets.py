@@ -238,7 +238,7 @@ def test_cli_run_without_features_names_the_embed_command(tmp_path, cli):
     assert code == 2
     text = " ".join((out + err).split())
     assert f"bench embed --dataset prism:data_dir={d} --model v2" in text
-    assert "expected cost" in text and "texts" in text and "GiB" in text
+    assert "expected cost" in text and "texts" in text and "iB of float16 features" in text
     assert "Traceback" not in out + err
 
 

@@ -75,10 +75,10 @@ def test_corrected_t_inflates_variance_by_the_nadeau_bengio_factor():
 
 def test_corrected_t_edge_cases():
     assert np.isnan(corrected_resampled_ttest([0.1], 10, 10).pvalue)
-    same = corrected_resampled_ttest([0.0, 0.0, 0.0], 10, 10)
-    assert same.pvalue == 1.0
-    const = corrected_resampled_ttest([0.02, 0.02, 0.02], 10, 10)
-    assert const.pvalue == 0.0 and const.statistic == np.inf
+    # no split-to-split variance: the test has nothing to say (never p = 0 or t = ∞)
+    for d in ([0.0, 0.0, 0.0], [0.02, 0.02, 0.02]):
+        r = corrected_resampled_ttest(d, 10, 10)
+        assert np.isnan(r.pvalue) and np.isnan(r.statistic) and np.isnan(r.ci_low) and r.mean == pytest.approx(d[0])
     with pytest.raises(ValueError, match="n_train"):
         corrected_resampled_ttest([0.1, 0.2], 0, 10)
 
@@ -163,16 +163,27 @@ def test_compare_pairs_by_split_and_refuses_unpaired_cells():
     ra = pd.concat([_rows(s, rng.uniform(0.5, 0.9, 12), seen) for s in range(6)])
     rb = ra.copy()
     rb["accuracy"] = rb["accuracy"] - 0.02
-    c = compare(ra, rb, "A", "B", metric="overall", n_boot=200)
-    assert c.n_splits == 6 and c.ttest.mean == pytest.approx(0.02)
-    assert (c.ttest.n_train, c.ttest.n_test) == (6, 6)  # users: seen vs unseen
-    cp = compare(ra, rb, "A", "B", metric="unseen", n_unit="pairs", n_boot=0)
-    assert (cp.ttest.n_train, cp.ttest.n_test) == (6 * 4, 6 * 5)
+    c = compare(ra, rb, "A", "B", metric="overall")
+    assert c.n_splits == 6 and c.diff == pytest.approx(0.02)
+    # a constant difference for every user on every split: no interval, said in words
+    assert not c.crossed.ok and "same value" in c.crossed.note and np.isnan(c.pvalue)
+    assert c.nb is None  # the paper's corrected t is reported for seen/unseen only
+    cu = compare(ra, rb, "A", "B", metric="unseen")
+    assert (cu.nb.n_train, cu.nb.n_test) == (6, 6)  # users: seen vs unseen
+    cp = compare(ra, rb, "A", "B", metric="unseen", n_unit="pairs")
+    assert (cp.nb.n_train, cp.nb.n_test) == (6 * 4, 6 * 5)
+    noisy = rb.copy()
+    noisy["accuracy"] = noisy["accuracy"] + rng.normal(0, 0.01, len(noisy))
+    cn = compare(ra, noisy, "A", "B", metric="overall")
+    assert cn.crossed.ok and cn.crossed.ci_low < cn.diff < cn.crossed.ci_high
+    assert cn.diff == pytest.approx(cn.crossed.estimate, abs=1e-12)  # the interval is about the reported number
+    tail = compare(ra, noisy, "A", "B", metric="overall_worst20")  # ⌈0.2·12⌉ = 3 users in the tail: too few
+    assert not tail.crossed.ok and "only 3 users in the worst 20%" in tail.crossed.note
     bad = rb.copy()
     bad.loc[bad["split_seed"] == 2, "split_hash"] = "other"
     with pytest.raises(BenchError, match="not paired on split 2"):
         compare(ra, bad, "A", "B")
-    partial = compare(ra, rb[rb["split_seed"] < 4], "A", "B", n_boot=0)
+    partial = compare(ra, rb[rb["split_seed"] < 4], "A", "B")
     assert partial.n_splits == 4 and partial.only_a == [4, 5]
 
 

@@ -1,9 +1,10 @@
 """``bench compare A B --dataset NAME``: is the difference between two methods real?
 
 Prints, per metric, both methods' means over the paired splits, the difference A − B with its
-cluster-bootstrap confidence interval (users resampled within splits), the Nadeau–Bengio corrected
-resampled t-test (the main test; how n is counted is printed), its Holm adjustment over the
-printed metrics, and the Wilcoxon signed-rank test (Pratt) as a robustness check.
+confidence interval and two-sided p-value from the crossed users × splits t (every user is scored
+on every split, so both the users' and the splits' variance count; docs/paper.md § Statistics),
+the Holm adjustment over the printed metrics, and — for seen and unseen, where it holds its level —
+the paper's Nadeau–Bengio corrected resampled t-test. The table fits an 80-column terminal.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ def add_parser(sub) -> None:
     p.add_argument("--features", default=None, help="feature model, when the dataset was run with several")
     p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated (default {DEFAULT_METRICS})")
     p.add_argument("--n-unit", default="users", choices=["users", "pairs"], help="how n is counted in the t-test correction")
-    p.add_argument("--boot", type=int, default=2000, help="bootstrap replicates (default 2000; 0 = none)")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--results", default="results")
@@ -35,8 +35,9 @@ def _budget_of(text):
 
 
 def select(rows, a: str, b: str, dataset: str, shots=None, unseen_shots=None, features=None):
-    """Rows of A and B in one setting (errors name the choices when ambiguous)."""
+    """Rows of A and B in one setting, its label and a note on how it was chosen among several."""
     import numpy as np
+    import pandas as pd
 
     from bench.errors import BenchError, did_you_mean
     from bench.reports.tables import setting_label, variant_labels
@@ -82,14 +83,54 @@ def select(rows, a: str, b: str, dataset: str, shots=None, unseen_shots=None, fe
     if not both:
         raise BenchError(f"{va} and {vb} share no setting on {dataset}" + (" with those budgets" if shots or unseen_shots else ""),
                          hint="run both with the same --shots/--unseen-shots and seeds")
+    chosen, note = both[0], ""
     if len(both) > 1:
-        raise BenchError(f"{va} and {vb} share several settings: {'; '.join(both)}",
-                         hint="choose one with --shots and --unseen-shots")
-    rows = rows[rows["setting"] == both[0]]
-    return rows[rows["variant"] == va], rows[rows["variant"] == vb], va, vb, both[0]
+        default = _default_setting(dataset)
+        label = None if default is None else setting_label(dataset, *default)
+        if label in both:
+            chosen, why = label, "the dataset's Table 1 setting"
+        else:
+            # the setting with the most paired splits, then the largest budgets (the main result)
+            def rank(setting):
+                g = rows[rows["setting"] == setting]
+                n = len(set(g.loc[g["variant"] == va, "split_seed"]) & set(g.loc[g["variant"] == vb, "split_seed"]))
+                big = lambda v: float("inf") if pd.isna(v) else float(v)  # noqa: E731
+                return n, big(g["shots"].iloc[0]), big(g["unseen_shots"].iloc[0])
+
+            chosen = max(both, key=rank)
+            why = "most paired splits, then the largest budgets"
+        others = ", ".join(f"{_flags_of(rows, b)}" for b in both if b != chosen)
+        note = f"{len(both)} shared settings; showing {chosen} ({why}). Others: {others}"
+    rows = rows[rows["setting"] == chosen]
+    return rows[rows["variant"] == va], rows[rows["variant"] == vb], va, vb, chosen, note
+
+
+def _default_setting(dataset: str):
+    """(shots, unseen_shots) of the dataset's own default run (its Table 1 setting), if it has one."""
+    from bench.config import dataset_config
+
+    try:
+        cfg = dataset_config(dataset.split(":", 1)[0])
+    except Exception:  # a bring-your-own dataset has no config: no default
+        return None
+    if not cfg:
+        return None
+    to = lambda v: None if v in (None, "all") else int(v)  # noqa: E731
+    return to(cfg.get("shots", "all")), to(cfg.get("unseen_shots", cfg.get("shots", "all")))
+
+
+def _flags_of(rows, setting: str) -> str:
+    g = rows[rows["setting"] == setting].iloc[0]
+    import pandas as pd
+
+    txt = lambda v: "all" if pd.isna(v) else str(int(v))  # noqa: E731
+    return f"--shots {txt(g['shots'])} --unseen-shots {txt(g['unseen_shots'])}"
 
 
 def run(args) -> int:
+    import numpy as np
+    from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     from bench.cli import _console
@@ -108,41 +149,52 @@ def run(args) -> int:
         raise BenchError(f"no results in {args.results}", hint="run `bench run ...` first or pass --results DIR")
     rows, _metas, problems = store.load()
     console = _console()
+    say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
     for p in problems:
-        console.print(f"[warn] {p} — left out", markup=False)
+        say(f"[warn] {p} — left out")
     if len(rows) == 0:
         raise BenchError(f"no results in {args.results}", hint="run `bench run ...` first")
-    ra, rb, va, vb, setting = select(rows, args.a, args.b, args.dataset, args.shots, args.unseen_shots, args.features)
-    comps = [compare(ra, rb, va, vb, metric=m, n_unit=args.n_unit, n_boot=args.boot, confidence=args.confidence,
-                     seed=i) for i, m in enumerate(metrics)]
-    adj = holm([c.ttest.pvalue for c in comps])
+    ra, rb, va, vb, setting, chosen = select(rows, args.a, args.b, args.dataset, args.shots, args.unseen_shots,
+                                             args.features)
+    comps = [compare(ra, rb, va, vb, metric=m, n_unit=args.n_unit, confidence=args.confidence) for m in metrics]
+    adj = holm([c.pvalue for c in comps])
     c0 = comps[0]
-    t = Table(title=f"{va} vs {vb} — {setting}: accuracy (%) over {c0.n_splits} paired splits")
+    S = c0.n_splits
     pct = round(args.confidence * 100)
-    for col in ("metric", va, vb, "A − B", f"{pct}% CI (bootstrap)", f"{pct}% CI (corrected t)", "t (corrected)",
-                "p", "p (Holm)", "Wilcoxon p"):
-        t.add_column(col, justify="left" if col == "metric" else "right")
+    say(f"A = {va}")
+    say(f"B = {vb}")
+    if chosen:
+        say(f"note: {chosen}")
+    say(f"{setting}: accuracy (%), mean over {S} paired split{'s' if S != 1 else ''}, "
+        f"{c0.crossed.n_users} users")
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    for col in ("metric", "A", "B", "A − B", f"{pct}% CI", "p", "p Holm"):
+        t.add_column(escape(col), justify="left" if col == "metric" else "right", no_wrap=True)
+    notes = []
     for c, p in zip(comps, adj):
-        bs = c.bootstrap
-        ci = f"[{bs.ci_low * 100:+.2f}, {bs.ci_high * 100:+.2f}]" if bs is not None else "–"
-        sig = " *" if p < args.alpha else ""
-        tci = f"[{c.ttest.ci_low * 100:+.2f}, {c.ttest.ci_high * 100:+.2f}]"
-        t.add_row(metric_label(c.metric), f"{c.a_values.mean() * 100:.2f}", f"{c.b_values.mean() * 100:.2f}",
-                  f"{c.ttest.mean * 100:+.2f}", ci, tci, f"{c.ttest.statistic:.2f}", f"{c.ttest.pvalue:.3g}",
-                  f"{p:.3g}{sig}", f"{c.wilcoxon.pvalue:.3g}")
+        cr = c.crossed
+        if cr.ok:
+            ci, pv = f"[{cr.ci_low * 100:+.2f}, {cr.ci_high * 100:+.2f}]", f"{cr.pvalue:.3g}"
+            ph = f"{p:.3g}{' *' if p < args.alpha else ''}"
+        else:
+            ci, pv, ph = "no interval", "–", "–"
+            notes.append(f"{metric_label(c.metric)}: {cr.note}")
+        t.add_row(escape(metric_label(c.metric)), f"{c.a_values.mean() * 100:.2f}", f"{c.b_values.mean() * 100:.2f}",
+                  f"{c.diff * 100:+.2f}", ci, pv, ph)
     console.print(t)
-    tt = c0.ttest
-    say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
-    say(f"Corrected resampled t-test (Nadeau & Bengio 2003), two-sided, df = {tt.df}: variance factor "
-        f"1/S + n_test/n_train = 1/{tt.n_splits} + {tt.n_test:g}/{tt.n_train:g} = {tt.factor:.3f}; {nb_description(args.n_unit)}.")
-    say(f"Holm over the {len(comps)} metrics shown (* : p_Holm < {args.alpha:g}). Wilcoxon signed-rank, Pratt zeros "
-        f"({c0.wilcoxon.method}; smallest attainable p with {c0.n_splits} splits: {c0.wilcoxon.min_pvalue:.2g}).")
-    if args.boot:
-        say(f"Bootstrap: {args.boot} replicates, users resampled within each split (seen/unseen strata kept), paired; "
-            "it reflects which users were sampled, not which users a split made seen — the corrected-t interval "
-            "covers that too and is usually the wider one.")
-    if c0.n_splits < 10:
-        say(f"warning: only {c0.n_splits} paired splits; the protocol asks for at least 10 for paired tests")
+    if notes:
+        for n in dict.fromkeys(notes):
+            say(f"note: {n}")
+    say(f"CI and p: crossed users × splits t (Satterthwaite df), two-sided; Holm over the {len(comps)} "
+        f"metrics shown (* p_Holm < {args.alpha:g}). See docs/paper.md, Statistics.")
+    nbs = [c for c in comps if c.nb is not None and np.isfinite(c.nb.pvalue)]
+    if nbs:
+        tt = nbs[0].nb
+        say("Paper convention, corrected resampled t (Nadeau & Bengio 2003), seen/unseen only: "
+            + ", ".join(f"{metric_label(c.metric)} p = {c.nb.pvalue:.3g}" for c in nbs)
+            + f"; factor 1/S + n_test/n_train = {tt.factor:.3f}, {nb_description(args.n_unit)}.")
+    if 1 < S < 10:
+        say(f"warning: only {S} paired splits; the protocol asks for at least 10 for paired tests")
     if c0.only_a or c0.only_b:
         say(f"note: unpaired splits left out — only {va}: {c0.only_a or 'none'}; only {vb}: {c0.only_b or 'none'}")
     return 0

@@ -49,22 +49,10 @@ def add_parser(sub) -> None:
 
 
 def load_text_dataset(spec: str):
-    """Load a registered text dataset without features (``features=none``)."""
-    from bench.config import dataset_config
-    from bench.datasets import dataset_names, is_path_spec, parse_spec
-    from bench.errors import did_you_mean
-    from bench.registry import load_dataset_loader
+    """Load a registered text dataset without features (see :func:`bench.datasets.load_text_dataset`)."""
+    from bench.datasets import load_text_dataset as load
 
-    if is_path_spec(spec):
-        raise BenchError("bench embed works on registered text datasets (reddit, prism)", hint="--dataset reddit:data_dir=DIR")
-    name, options = parse_spec(spec)
-    if name not in dataset_names():
-        raise did_you_mean(name, dataset_names(), "dataset")
-    options = {k: v for k, v in options.items() if k not in ("features", "feature_key")}
-    ds = load_dataset_loader(name)(name, dict(options, features="none"), dataset_config(name))
-    if not ds.has_text:
-        raise BenchError(f"dataset {name} has no text to embed", hint="its features come with the dataset")
-    return ds
+    return load(spec)
 
 
 def format_summary(ds) -> list[str]:
@@ -92,14 +80,18 @@ def run(args) -> int:
     ds = load_text_dataset(args.dataset)
     for line in format_summary(ds):
         console.print(line, markup=False)
-    cost = estimate_cost(ds, prompts=args.prompts)
+    from bench.features.encoders import default_device
+
+    device = args.device or default_device()
+    if args.backend == "vllm":
+        device = "cuda"
+    cost = estimate_cost(ds, prompts=args.prompts, model=args.model, device=device, threads=args.threads)
     console.print(f"expected cost: {cost['summary']}", markup=False)
     if args.dry_run:
         return 0
-    from bench.features.encoders import default_device, load_encoder
+    from bench.features.encoders import load_encoder
     from bench.features.extract import default_reference, extract_features
 
-    device = args.device or default_device()
     if args.data_parallel < 1 or args.tensor_parallel < 1:
         raise BenchError("--data-parallel and --tensor-parallel must be ≥ 1")
     if args.tensor_parallel > 1 and args.backend != "vllm":

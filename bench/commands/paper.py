@@ -4,7 +4,7 @@
     bench paper --repeats 10 --out paper-out     # fewer splits
     bench paper --render-only                    # re-render from stored results (seconds)
     bench paper --datasets prism reddit          # real data, once features are extracted
-    bench paper --smoke                          # tiny data, seconds: a quick end-to-end check
+    bench paper --smoke                          # tiny data, a few minutes: a quick end-to-end check
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=None, help="splits per output (default: the experiment file's, 20)")
     p.add_argument("--outputs", default=None, help="only these outputs, e.g. table1,fig3 (default: all)")
     p.add_argument("--config", default="paper", help="experiment name in configs/experiments/ or a YAML path")
-    p.add_argument("--smoke", action="store_true", help="tiny datasets and the methods' test_params (seconds)")
+    p.add_argument("--smoke", action="store_true", help="tiny datasets and the methods' test_params (a few minutes: 3.5 min on 2 busy cores)")
     p.add_argument("--results", default="results", help="results directory (default ./results)")
     p.add_argument("--out", default=None, help="output folder (default RESULTS/paper, or RESULTS/paper-smoke with --smoke)")
     p.add_argument("--render-only", action="store_true", help="do not run anything; render from stored results")
@@ -39,8 +39,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from bench.cli import _console
     from bench.errors import BenchError
     from bench.experiments import build_plan, execute, load_experiment
@@ -56,7 +54,9 @@ def run(args) -> int:
     out = Path(args.out) if args.out else results / ("paper-smoke" if args.smoke else "paper")
     t0 = time.perf_counter()
     plan = build_plan(cfg, args.datasets, repeats=args.repeats, outputs=outputs)
-    say(f"plan: {len(plan.outputs)} outputs, {len(plan.keys)} cells in {len(plan.jobs)} jobs"
+    from bench.text import plural
+
+    say(f"plan: {plural(len(plan.outputs), 'output')}, {plural(len(plan.keys), 'cell')} in {plural(len(plan.jobs), 'job')}"
         + (f", {len(plan.analyses)} analyses" if plan.analyses else "") + f" ({time.perf_counter() - t0:.1f} s)")
     for n in plan.notes:
         say(f"note: {n}")
@@ -74,28 +74,38 @@ def run(args) -> int:
         from bench.store import ResultsStore
 
         ResultsStore(results).ensure_writable()
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as prog:
-            task = prog.add_task("preparing", total=None)
+        import sys
 
-            def progress(desc: str, done: int, total: int) -> None:
-                prog.update(task, description=desc, completed=done, total=max(total, 1))
+        from bench.cli import _isatty
+        from bench.runview import RunView, progress_every
 
-            log = lambda m: prog.console.print(m, markup=False, highlight=False)  # noqa: E731
+        view = RunView(console, tty=_isatty(sys.stdout), every_s=progress_every(), jobs=args.jobs,
+                       preparing="preparing: loading the data, making splits, checking stored cells")
+        seen_lines: set[str] = set()
+
+        def log(m: str) -> None:  # every job loads the same dataset: say its line once, not once per job
+            if m in seen_lines:
+                return
+            seen_lines.add(m)
+            view.log(m)
+
+        with view:
             from bench.cli import execution_options, make_executor_from_args
-
             from bench.determinism import deterministic_mode
 
             with deterministic_mode(args.deterministic), make_executor_from_args(args, log=log) as executor:
-                summary = execute(plan, results, progress=progress, log=log, device=args.device, threads=args.threads,
+                summary = execute(plan, results, progress=view.cells, log=log, device=args.device, threads=args.threads,
                                   executor=executor, retries=args.retries, options=execution_options(args),
                                   deterministic=args.deterministic)
         if summary["interrupted"]:
-            say(f"interrupted: finished cells are kept in {results}; rerun the same command to continue")
-            return 130
+            from bench.clihelp import interrupted_code
+
+            code, word = interrupted_code()
+            say(f"{word}: finished cells are kept in {results}; rerun the same command to continue")
+            return code
         failed = len(summary["failed"]) + sum(len(a["failed"]) for a in summary["analyses"])
         known = summary["stored"]
-        say(f"{summary['ran']} cells computed in {summary['jobs']} jobs" + (f", {failed} failed" if failed else ""))
+        say(f"{plural(summary['ran'], 'cell')} computed in {plural(summary['jobs'], 'job')}" + (f", {failed} failed" if failed else ""))
     t1 = time.perf_counter()
     index = render_all(plan, results, out, log=say, known=known)
     say(f"rendered in {time.perf_counter() - t1:.1f} s → {index}")

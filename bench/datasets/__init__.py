@@ -86,3 +86,17 @@ def describe_datasets() -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def load_text_dataset(spec: str):
+    """Load a registered text dataset without features (``features=none``)."""
+    if is_path_spec(spec):
+        raise BenchError("bench embed works on registered text datasets (reddit, prism)", hint="--dataset reddit:data_dir=DIR")
+    name, options = parse_spec(spec)
+    if name not in dataset_names():
+        raise did_you_mean(name, dataset_names(), "dataset")
+    options = {k: v for k, v in options.items() if k not in ("features", "feature_key")}
+    ds = load_dataset_loader(name)(name, dict(options, features="none"), dataset_config(name))
+    if not ds.has_text:
+        raise BenchError(f"dataset {name} has no text to embed", hint="its features come with the dataset")
+    return ds

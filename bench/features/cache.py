@@ -45,6 +45,42 @@ FILES = {
 # 2 × parameters FLOPs per token; an A100/H100-class GPU sustains roughly 1e14 FLOP/s in bf16.
 ASSUMED_FLOPS = 1.0e14
 PARAMS_8B = 8.0e9
+# On a CPU (float32, batched): about 2.5e10 FLOP/s per core sustained — measured once: SmolLM2-135M
+# embedded text-prefs (34,880 tokens) in 185 s on 2 shared cores (load average 3.5).
+ASSUMED_CPU_FLOPS_PER_CORE = 2.5e10
+
+
+def model_scale(model: str | None) -> tuple[float, int, str]:
+    """(parameters, hidden size, how they were found) of a feature model, without loading it.
+
+    Known names (the Skywork 8B models, the SmolLM2-135M stand-in), a local directory's
+    ``config.json``, a Hub id naming its size (``…-1.5B``), else an 8B model is assumed.
+    """
+
+    if model is None:
+        return PARAMS_8B, 4096, "an 8B reward model"
+    text = str(model)
+    low = text.lower()
+    if low in ("smollm2",) or "smollm2-135m" in low:
+        return 1.35e8, 576, "SmolLM2-135M (135M parameters)"
+    path = Path(text).expanduser()
+    cfg_file = path / "config.json" if path.is_dir() else None
+    if cfg_file is not None and cfg_file.is_file():
+        try:
+            cfg = json.loads(cfg_file.read_text())
+            h, n_layers = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
+            inter, vocab = int(cfg.get("intermediate_size", 4 * h)), int(cfg.get("vocab_size", 32000))
+            params = n_layers * (4 * h * h + 3 * h * inter) + vocab * h
+            return float(params), h, f"{path.name} (≈{params / 1e9:.2g}B parameters from its config.json)"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    if low in ("v1", "v2") or "skywork-reward" in low and "8b" in low:
+        return PARAMS_8B, 4096, "an 8B reward model"
+    m = re.search(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([bm])(?![a-z])", low)
+    if m:
+        params = float(m.group(1)) * (1e9 if m.group(2) == "b" else 1e6)
+        return params, 4096, f"{text} (≈{params / 1e9:.2g}B parameters, from its name)"
+    return PARAMS_8B, 4096, f"{text} (size unknown: an 8B model assumed)"
 
 
 @dataclass(frozen=True)
@@ -452,7 +488,7 @@ def find_caches(ds: Dataset, model: str) -> tuple[list[Path], list[Path]]:
 def open_cached_features(ds: Dataset, model: str, spec: str, key: str | None = None, model_arg: str | None = None) -> Dataset:
     """Attach the complete cached features of ``model`` to ``ds`` (features, rm_score, prompt
     features when extracted) or stop with the exact ``bench embed`` command."""
-    from bench.datasets.textdata import MODEL_ALIASES, prompt_hashes, text_hashes
+    from bench.textkeys import MODEL_ALIASES, prompt_hashes, text_hashes
 
     complete, partial = find_caches(ds, model)
     if key:
@@ -461,7 +497,7 @@ def open_cached_features(ds: Dataset, model: str, spec: str, key: str | None = N
     alias = {v: k for k, v in MODEL_ALIASES.items()}.get(model, model_arg or model)
     command = f"bench embed --dataset {spec} --model {alias}"
     if not complete:
-        cost = estimate_cost(ds)
+        cost = estimate_cost(ds, model=model_arg or model)
         what = (
             f"an extraction of {model} features was interrupted ({_progress_of(partial[0])}); resume it with"
             if partial
@@ -469,7 +505,11 @@ def open_cached_features(ds: Dataset, model: str, spec: str, key: str | None = N
         )
         raise DataError(
             f"{ds.name}: {what}\n    {command}\n  expected cost: {cost['summary']}",
-            hint=f"run the command above (a GPU is strongly advised), or load text only with --dataset {spec}{',' if ':' in spec else ':'}features=none",
+            hint=(
+                f"run the command above (a GPU is strongly advised); methods that read only text (synthesizeme) "
+                f"can run without it on --dataset {spec}{',' if ':' in spec else ':'}features=none, methods that "
+                f"need features cannot"
+            ),
         )
     if len(complete) > 1:
         names = ", ".join(c.name.rsplit("-", 1)[1] for c in complete)
@@ -536,8 +576,16 @@ def _progress_of(partial_dir: Path) -> str:
         return f"in {d}"
 
 
-def estimate_cost(ds: Dataset, prompts: bool = False, params: float = PARAMS_8B, dim: int = 4096) -> dict[str, Any]:
-    """Texts, approximate tokens, disk and GPU time of extracting ``ds``'s features with an 8B RM."""
+def estimate_cost(
+    ds: Dataset, prompts: bool = False, params: float | None = None, dim: int | None = None,
+    model: str | None = None, device: str = "cuda", threads: int | None = None,
+) -> dict[str, Any]:
+    """Texts, approximate tokens, disk and compute time of extracting ``ds``'s features with
+    ``model`` (sized by :func:`model_scale`; default an 8B RM) on ``device`` (``cuda``, or ``cpu``
+    with ``threads`` cores)."""
+    m_params, m_dim, label = model_scale(model)
+    params = m_params if params is None else params
+    dim = m_dim if dim is None else dim
     plen = {k: sum(len(m["content"]) for m in v) for k, v in (ds.prompts or {}).items()}
     pid = ds.responses["prompt_id"].astype(str).to_numpy()
     chars = np.array([plen.get(p, 0) for p in pid], dtype=np.int64) + ds.responses["text"].astype(str).str.len().to_numpy()
@@ -547,14 +595,19 @@ def estimate_cost(ds: Dataset, prompts: bool = False, params: float = PARAMS_8B,
     if prompts:
         tokens += int(sum(plen.values()) / 4 + 40 * len(plen))
         n += len(plen)
-    seconds = tokens * 2 * params / ASSUMED_FLOPS
+    if str(device).startswith("cuda"):
+        flops = ASSUMED_FLOPS
+        where = f"of GPU time for {label} with batching (assumes ~{ASSUMED_FLOPS / 1e12:.0f} TFLOP/s sustained in bf16; the official one-text-at-a-time loop is several times slower)"
+    else:
+        cores = threads or os.cpu_count() or 1
+        flops = ASSUMED_CPU_FLOPS_PER_CORE * cores
+        where = f"on {cores} CPU core{'s' if cores != 1 else ''} for {label} (assumes ~{ASSUMED_CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core in float32; a GPU is far faster)"
+    seconds = tokens * 2 * params / flops
     disk = (n * dim * 2) + n * 40
-    summary = (
-        f"{n:,} texts, ≈{tokens / 1e6:.1f}M tokens; ≈{_fmt_time(seconds)} of GPU time for an 8B reward model "
-        f"with batching (assumes ~{ASSUMED_FLOPS / 1e12:.0f} TFLOP/s sustained in bf16; the official one-text-at-a-time "
-        f"loop is several times slower), ≈{disk / 2**30:.1f} GiB of float16 features on disk"
-    )
-    return {"texts": n, "tokens": tokens, "gpu_seconds": seconds, "disk_bytes": disk, "summary": summary}
+    size = f"{disk / 2**30:.1f} GiB" if disk >= 2**29 else f"{disk / 2**20:.1f} MiB"
+    count = f"{tokens / 1e6:.1f}M" if tokens >= 1e6 else f"{tokens / 1e3:.0f}k"
+    summary = f"{n:,} texts, ≈{count} tokens; ≈{_fmt_time(seconds)} {where}, ≈{size} of float16 features on disk"
+    return {"texts": n, "tokens": tokens, "seconds": seconds, "gpu_seconds": seconds, "device": str(device), "disk_bytes": disk, "summary": summary}
 
 
 def _fmt_time(s: float) -> str:

@@ -82,6 +82,19 @@ def _require_transformers():
         ) from None
 
 
+def dequantised_copy(gguf: Path) -> Path:
+    """A float32 transformers directory of ``gguf`` under ``$BENCH_CACHE/models/``, made on first
+    use (transformers dequantises a GGUF on every load: a minute and more for SmolLM2 on a CPU)
+    and found again by the GGUF file's digest, so an edited or replaced file gets a new copy."""
+    from bench.datasets.sources import stamped_digest
+    from bench.llm.models import _convert_gguf, cache_root
+
+    out = cache_root() / "models" / f"{gguf.stem.lower()}-f32-{stamped_digest(gguf)[:16]}"
+    if not (out / "config.json").exists():
+        _convert_gguf(gguf, out)
+    return out
+
+
 def _local_revision(path: str, gguf: str | None) -> str:
     from bench.datasets.sources import stamped_digest
 
@@ -154,8 +167,9 @@ class HFEncoder:
         self.trust_remote_code = bool(trust_remote_code)
         kw: dict[str, Any] = {"revision": revision} if revision and kind == "hub" else {}
         trc = self.trust_remote_code
-        if gguf:
-            kw["gguf_file"] = gguf
+        source_path = path
+        if gguf:  # dequantised once into a float32 copy keyed by the GGUF's digest, then reused
+            path = str(dequantised_copy(Path(path) / gguf))
         load_kw = dict(kw, num_labels=1, dtype=self.torch_dtype)
         if attn:
             load_kw["attn_implementation"] = attn
@@ -163,9 +177,9 @@ class HFEncoder:
         with remote_code_guard(display, "add --trust-remote-code to bench embed"):
             self._load(path, kind, kw, load_kw, trc)
         self.model.to(self.device).eval()
-        self._identify(display, path, gguf, kind, revision)
-        if gguf and display == _standin_display() and self.dtype_name == "float32" and not _standin_head_path(path, gguf).exists():
-            _save_standin_head(_standin_head_path(path, gguf), self.head())  # the vLLM backend reuses this draw
+        self._identify(display, source_path, gguf, kind, revision)
+        if gguf and display == _standin_display() and self.dtype_name == "float32" and not _standin_head_path(source_path, gguf).exists():
+            _save_standin_head(_standin_head_path(source_path, gguf), self.head())  # the vLLM backend reuses this draw
 
     def _load(self, path: str, kind: str, kw: dict[str, Any], load_kw: dict[str, Any], trc: bool) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -380,7 +394,7 @@ def _standin_display() -> str:
 
 def standin_head(path: str, gguf: str) -> np.ndarray:
     """The stand-in's score head exactly as :class:`HFEncoder` draws it (seed 0 while loading the
-    GGUF as a sequence classifier), computed once per GGUF and transformers version and cached
+    GGUF's dequantised copy as a sequence classifier), computed once per GGUF and transformers version and cached
     beside the dequantised copy, so the vLLM backend's logits are the transformers backend's."""
     out = _standin_head_path(path, gguf)
     if out.exists():
@@ -389,7 +403,8 @@ def standin_head(path: str, gguf: str) -> np.ndarray:
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)  # the same draw as HFEncoder's (a GGUF has no score head)
-    model = AutoModelForSequenceClassification.from_pretrained(path, gguf_file=gguf, num_labels=1, dtype=torch.float32)
+    copy = dequantised_copy(Path(path) / gguf)  # loaded as HFEncoder loads it, so the draw is the same
+    model = AutoModelForSequenceClassification.from_pretrained(str(copy), num_labels=1, dtype=torch.float32)
     head = model.score.weight.detach().float().cpu().numpy()[0].astype(np.float32)
     del model
     _save_standin_head(out, head)

@@ -26,7 +26,7 @@ from bench.errors import BenchError
 
 def _worker(spec: str, model: dict[str, Any], kinds: list[str], extract: dict[str, Any], threads: int | None) -> list[dict[str, Any]]:
     """One data-parallel worker: load the dataset and the model, embed what is left (each kind)."""
-    from bench.commands.embed import load_text_dataset
+    from bench.datasets import load_text_dataset
     from bench.executors import pin_threads
     from bench.features.encoders import load_encoder
     from bench.features.extract import default_reference, extract_features
