@@ -307,9 +307,18 @@ def test_resources_per_method():
     assert unit_resources(GPU, "cpu", None) == {"num_cpus": 1.0, "num_gpus": 1.0}
     assert unit_resources(Big, "cpu", 2) == {"num_cpus": 8.0, "memory": 4e9}
     sm = load_method("synthesizeme")
-    assert unit_resources(sm, "cpu", None, {"backend": "vllm"}, {}) == {"num_cpus": 1.0, "num_gpus": 1.0}
-    tp = {"backend": "vllm", "engine_options": {"tensor_parallel_size": 2}}
-    assert unit_resources(sm, "cpu", None, tp, {})["num_gpus"] == 2.0
+    import bench.llm.vllm_compat as vc
+
+    real_cpu = vc.runs_on_cpu
+    vc.runs_on_cpu = lambda: False  # a CUDA build of vLLM
+    try:
+        assert unit_resources(sm, "cpu", None, {"backend": "vllm"}, {}) == {"num_cpus": 1.0, "num_gpus": 1.0}
+        tp = {"backend": "vllm", "engine_options": {"tensor_parallel_size": 2}}
+        assert unit_resources(sm, "cpu", None, tp, {})["num_gpus"] == 2.0
+        vc.runs_on_cpu = lambda: True  # vLLM's CPU build: the task asks for CPUs only
+        assert unit_resources(sm, "cpu", None, {"backend": "vllm"}, {}) == {"num_cpus": 1.0}
+    finally:
+        vc.runs_on_cpu = real_cpu
     # with engine replicas the engines (Ray actors) hold the GPUs, not the task
     assert unit_resources(sm, "cpu", None, {"backend": "vllm"}, {"llm_replicas": 2}) == {"num_cpus": 1.0}
     assert unit_resources(sm, "cpu", None, {"backend": "scripted"}, {}) == {"num_cpus": 1.0}

@@ -213,18 +213,25 @@ def test_load_encoder_passes_the_flag_to_either_backend(monkeypatch):
 
 
 def _fake_vllm(monkeypatch, calls):
-    class LLM:
-        def __init__(self, **kw):
-            calls.append(kw)
+    import dataclasses
+
+    class LLM:  # today's spelling: runner/convert + pooler_config (bench.llm.vllm_compat reads it)
+        def __init__(self, model, *, runner="auto", convert="auto", pooler_config=None, trust_remote_code=False, **kw):
+            calls.append(dict(kw, model=model, runner=runner, convert=convert, pooler_config=pooler_config, trust_remote_code=trust_remote_code))
 
         def get_tokenizer(self):
             return _tokenizer()
+
+    @dataclasses.dataclass
+    class PoolerConfig:
+        pooling_type: str | None = None
+        use_activation: bool | None = None
 
     vllm = types.ModuleType("vllm")
     vllm.LLM = LLM
     vllm.__version__ = "0.0-test"
     config = types.ModuleType("vllm.config")
-    config.PoolerConfig = lambda **kw: kw
+    config.PoolerConfig = PoolerConfig
     vllm.config = config
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.config", config)
@@ -247,6 +254,9 @@ def test_vllm_paths_pass_the_flag(monkeypatch, tmp_path, trc):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(encoders, "_score_head_from_checkpoint", lambda *a: np.zeros(8, dtype=np.float32))
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **kw: _tokenizer())
     (tmp_path / "m").mkdir()
     enc = encoders.VLLMEncoder(str(tmp_path / "m"), trust_remote_code=trc)
     assert calls[-1]["trust_remote_code"] is trc and enc.trust_remote_code is trc

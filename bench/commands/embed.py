@@ -115,7 +115,7 @@ def run(args) -> int:
     )
     console.print(
         f"model {enc.identity.model} (revision {enc.identity.revision}, chat template {enc.identity.template_hash}, "
-        f"hidden size {enc.dim}) via {enc.backend} on {device if args.backend == 'transformers' else 'cuda'} "
+        f"hidden size {enc.dim}) via {enc.backend} on {device if args.backend == 'transformers' else getattr(enc, 'device_name', 'cuda')} "
         f"in {enc.dtype_name}, loaded in {time.perf_counter() - t:.0f} s",
         markup=False,
     )

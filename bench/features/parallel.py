@@ -63,6 +63,22 @@ def gpu_groups(n_workers: int, tensor_parallel: int, visible: list[str]) -> list
     return [",".join(visible[i * tensor_parallel : (i + 1) * tensor_parallel]) for i in range(n_workers)]
 
 
+def cpu_binds(n_workers: int, threads: int | None) -> list[str | None]:
+    """``VLLM_CPU_OMP_THREADS_BIND`` of each local worker on vLLM's CPU build: disjoint cores
+    (``threads`` each), so the engines do not all bind to the same core; None (vLLM's automatic
+    binding) when the cores do not divide, or when the variable is already set."""
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        return [None] * n_workers
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return [None] * n_workers
+    per = int(threads or max(1, len(cpus) // n_workers))
+    if per < 1 or n_workers * per > len(cpus):
+        return [None] * n_workers
+    return [",".join(str(c) for c in cpus[i * per : (i + 1) * per]) for i in range(n_workers)]
+
+
 def visible_gpus(device: str) -> list[str]:
     if not str(device).startswith("cuda"):
         return []
@@ -111,6 +127,12 @@ def extract_parallel(
     if executor == "ray" or ray_address:
         return _on_ray(spec, model, kinds, workers, extract, ray_address, tensor_parallel, threads, device)
     groups = gpu_groups(workers, tensor_parallel, visible_gpus(device))
+    binds: list[str | None] = [None] * workers
+    if model.get("backend") == "vllm":
+        from bench.llm.vllm_compat import runs_on_cpu
+
+        if runs_on_cpu():
+            binds = cpu_binds(workers, threads)
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -121,6 +143,8 @@ def extract_parallel(
     try:
         for i in range(workers):
             extra = {"CUDA_VISIBLE_DEVICES": groups[i]} if groups[i] is not None else {}
+            if binds[i] is not None:
+                extra["VLLM_CPU_OMP_THREADS_BIND"] = binds[i]
             wmodel = dict(model, device="cuda") if groups[i] is not None and device.startswith("cuda") else model
             with thread_env(threads, extra):  # a worker's environment is fixed when it starts
                 pool = ProcessPoolExecutor(1, mp_context=ctx)
@@ -151,7 +175,9 @@ def _on_ray(spec, model, kinds, workers, extract, ray_address, tensor_parallel, 
             kw["address"] = ray_address
         ray.init(**kw)
         started = True
-    gpu = str(device).startswith("cuda") or model.get("backend") == "vllm"
+    from bench.llm.vllm_compat import runs_on_cpu
+
+    gpu = str(device).startswith("cuda") or (model.get("backend") == "vllm" and not runs_on_cpu())
     opts: dict[str, Any] = {"num_cpus": float(threads or 1), "max_retries": 1, "runtime_env": {"env_vars": env}}
     if gpu:
         opts["num_gpus"] = float(tensor_parallel)

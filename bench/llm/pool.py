@@ -50,6 +50,10 @@ class _Replica:
 
 def replica_resources(backend: str, device: str, threads: int | None, options: dict[str, Any]) -> dict[str, float]:
     if backend == "vllm":
+        from bench.llm.vllm_compat import runs_on_cpu
+
+        if runs_on_cpu():  # vLLM's CPU build: the replica's threads are its resources
+            return {"num_cpus": float(threads or 1)}
         return {"num_gpus": float(options.get("tensor_parallel_size", 1)), "num_cpus": 1.0}
     if backend == "transformers" and str(device).startswith("cuda"):
         return {"num_gpus": 1.0, "num_cpus": 1.0}

@@ -29,7 +29,7 @@ class VLLMBackend(Backend):
         gpu_memory_utilization: float = 0.85,
         tensor_parallel_size: int = 1,
         seed: int = 0,
-        enforce_eager: bool = False,
+        enforce_eager: bool | None = None,  # None: eager on vLLM's CPU build, CUDA graphs on a GPU
         trust_remote_code: bool = False,
         llm: Any = None,
     ):
@@ -54,8 +54,15 @@ class VLLMBackend(Backend):
                     "the vLLM backend needs the 'vllm' package (and a CUDA GPU)",
                     hint="pip install 'bench-prm[vllm]', or use backend=transformers (CPU) or backend=openai (a server)",
                 ) from None
-            kwargs = {k: v for k, v in self._settings.items() if v is not None and k != "trust_remote_code"}
-            llm = vllm.LLM(model=model, trust_remote_code=self._settings["trust_remote_code"], **kwargs)
+            from bench.llm.models import resolve_model
+            from bench.llm.vllm_compat import engine_defaults, installed_api
+
+            api = installed_api()
+            skip = ("trust_remote_code", "enforce_eager", "gpu_memory_utilization")
+            kwargs = {k: v for k, v in self._settings.items() if v is not None and k not in skip}
+            kwargs.update(engine_defaults(api, enforce_eager, gpu_memory_utilization))
+            path = resolve_model(model)[0]  # an alias (smollm2-135m-instruct) → its local copy
+            llm = vllm.LLM(model=path, trust_remote_code=self._settings["trust_remote_code"], **kwargs)
         self.llm = llm
         self._tok = None
 
@@ -117,7 +124,14 @@ class VLLMBackend(Backend):
 
     def close(self) -> None:
         """Best effort: vLLM does not always return all GPU memory in-process."""
-        self.llm = None
+        llm, self.llm = self.llm, None
+        try:  # stop the engine's worker processes now, not at interpreter exit
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        del llm
         try:
             from vllm.distributed.parallel_state import destroy_model_parallel
 

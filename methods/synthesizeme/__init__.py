@@ -44,8 +44,10 @@ class _LLMMethod(Method):
     def resources_for(cls, params: dict[str, Any], options: dict[str, Any]) -> dict[str, float]:
         """A vLLM engine inside the task needs its GPUs; with ``llm_replicas`` the engines are Ray
         actors that ask for their own, and the task itself needs a CPU only."""
+        from bench.llm.vllm_compat import runs_on_cpu
+
         out = dict(cls.resources)
-        if params.get("backend") == "vllm" and not options.get("llm_replicas"):
+        if params.get("backend") == "vllm" and not options.get("llm_replicas") and not runs_on_cpu():
             out.setdefault("num_gpus", float((params.get("engine_options") or {}).get("tensor_parallel_size", 1)))
         return out
 
