@@ -19,7 +19,7 @@ crossed random factors; this module holds the split-level tests and helpers:
 * :func:`paired_cluster_bootstrap` — users resampled with replacement *within* each split, the
   statistic averaged over splits. **Not used for any verdict**: every split holds the same users,
   so averaging independent within-split resamples shrinks the interval by about √S (simulated
-  coverage 0.31–0.78 for a nominal 0.95, ``python benchmarks/calibration.py``). Kept for that
+  coverage 0.37–0.90 for a nominal 0.95, ``python benchmarks/calibration.py``). Kept for that
   comparison and for callers that want one split's user-sampling spread.
 * :func:`holm` — Holm's step-down adjustment over one family of p-values.
 """
