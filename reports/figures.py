@@ -120,7 +120,8 @@ def whisker_note(data: pd.DataFrame) -> str:
 
 
 CHANCE = "chance (50%)"
-BAND_NOTE = "Band: 95% t-interval over splits, given these users (docs/paper.md § Statistics)"
+# two lines: on a single-column figure one line is wider than the figure and gets clipped
+BAND_NOTE = "Band: 95% t-interval over splits, given these users\n(docs/paper.md § Statistics)"
 INTERVAL_NOTE = "Whiskers: 95% interval, users × splits (docs/paper.md § Statistics)"
 
 

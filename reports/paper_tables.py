@@ -431,7 +431,7 @@ def caption_table2(grid: Grid, plan, skipped_methods: list[str] = ()) -> str:
     cap = (
         f"Ablations of MRM: user-level accuracy (\\%) overall and on the worst 10/20/50\\% of users, mean $\\pm$ std "
         f"over $S={S}$ splits. Bold: best; underlined: second best (complete rows only). $^\\dagger$: differs "
-        f"significantly from MRM (crossed users $\times$ splits $t$-test on the paired per-user differences, "
+        f"significantly from MRM (crossed users $\\times$ splits $t$-test on the paired per-user differences, "
         f"two-sided; {_table2_family(grid, plan)}; "
         f"$\\alpha={alpha:g}$)."
     )

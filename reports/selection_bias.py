@@ -58,6 +58,8 @@ def _tuned_lines(table: pd.DataFrame, pm: str, bracket=("[", "]")) -> dict[str, 
         f"Tuned on validation (@tuned, {n} splits)": [_pm(r.tuned_mean, r.tuned_std, pm) for r in table.itertuples()],
         "Tuned $-$ honest" if pm != "±" else "Tuned − honest [95% CI]": [
             f"{r.tuned_gain_mean * 100:+.2f} {bracket[0]}{r.tuned_gain_ci_low * 100:+.2f}, {r.tuned_gain_ci_high * 100:+.2f}{bracket[1]}"
+            if np.isfinite(r.tuned_gain_ci_low) and np.isfinite(r.tuned_gain_ci_high)
+            else f"{r.tuned_gain_mean * 100:+.2f} {_interval(np.nan, np.nan, tex=False, n_splits=r.tuned_n_splits)}"
             for r in table.itertuples()],
     }
 
@@ -105,8 +107,10 @@ def _signed(v: float, tex: bool = True) -> str:
     return f"{v * 100:+.2f}"  # LaTeX minus signs: reports.latex.minus on the whole cell
 
 
-def _interval(lo: float, hi: float, tex: bool = True) -> str:
+def _interval(lo: float, hi: float, tex: bool = True, n_splits: float = 1) -> str:
     if not (np.isfinite(lo) and np.isfinite(hi)):
+        if np.isfinite(n_splits) and n_splits >= 2:  # a difference that is the same on every split
+            return "none (no spread)" if tex else "(no interval: the same on every split)"
         return "none (one split)" if tex else "(no interval: one split)"
     return f"[{_signed(lo, tex)}, {_signed(hi, tex)}]"
 
@@ -122,14 +126,14 @@ def table_latex(table: pd.DataFrame, caption: str, header: str) -> str:
     pm = r"$\pm$"
     cols = ["Honest", "Official", "Optimism", "95\\% interval", "$p$ ($t$)"]
     body = [[_pm(r.honest_mean, r.honest_std, pm), _pm(r.official_mean, r.official_std, pm),
-             _signed(r.optimism_mean), _interval(r.optimism_ci_low, r.optimism_ci_high), _p(r.p)]
+             _signed(r.optimism_mean), _interval(r.optimism_ci_low, r.optimism_ci_high, n_splits=r.n_splits), _p(r.p)]
             for r in table.itertuples()]
     tuned = "tuned_mean" in table and np.isfinite(table["tuned_mean"]).any()
     if tuned:
         cols += ["Tuned", "Tuned $-$ honest"]
         for row, r in zip(body, table.itertuples()):
             row += [_pm(r.tuned_mean, r.tuned_std, pm),
-                    f"{_signed(r.tuned_gain_mean)} {_interval(r.tuned_gain_ci_low, r.tuned_gain_ci_high)}"]
+                    f"{_signed(r.tuned_gain_mean)} {_interval(r.tuned_gain_ci_low, r.tuned_gain_ci_high, n_splits=r.tuned_n_splits)}"]
     body = [[minus(c) for c in row] for row in body]
     index = pd.Index([m.replace("%", r"\%") for m in table["metric"]])
     # the heading of the row labels sits on the header line (an index name would add a line)
@@ -149,7 +153,7 @@ def table_markdown(table: pd.DataFrame) -> str:
     out.append("| Honest (final epoch) | " + " | ".join(_pm(r.honest_mean, r.honest_std, "±") for r in table.itertuples()) + " |")
     out.append("| Official (best test epoch) | " + " | ".join(_pm(r.official_mean, r.official_std, "±") for r in table.itertuples()) + " |")
     out.append("| Optimism [95% CI] | " + " | ".join(
-        f"{r.optimism_mean * 100:+.2f} {_interval(r.optimism_ci_low, r.optimism_ci_high, tex=False)}"
+        f"{r.optimism_mean * 100:+.2f} {_interval(r.optimism_ci_low, r.optimism_ci_high, tex=False, n_splits=r.n_splits)}"
         for r in table.itertuples()) + " |")
     out.append("| p (t over splits) | " + " | ".join(_p(r.p) for r in table.itertuples()) + " |")
     for lab, vals in _tuned_lines(table, "±").items():
@@ -177,7 +181,7 @@ def render(traj: pd.DataFrame, out_dir: Path, name: str, method_label: str, sett
         f"protocol (fixed training budget) and under the official code's protocol (the epoch with the best overall "
         f"\\emph{{test}} accuracy among {int(picks['n_epochs'].median()) if S else 0} per-epoch evaluations), mean $\\pm$ std "
         f"over $S={S}$ splits. Optimism: mean over splits of the per-split difference, with a 95\\% Student-$t$ interval "
-        f"over splits (the expected optimism on these users; no interval with one split). The official numbers select on the test set and never enter Table 1."
+        f"over splits (the expected optimism on these users; no interval with one split or when it is the same on every split). The official numbers select on the test set and never enter Table 1."
     )
     if "tuned_mean" in table and np.isfinite(table["tuned_mean"]).any():
         caption += (" Tuned on validation: the same method with its configuration chosen, per split, among an equal "

@@ -268,3 +268,22 @@ def test_paper_with_worker_processes_renders_the_same_outputs(toy_paper, tmp_pat
     a, b = _digests(out), _digests(tmp_path / "r" / "paper")
     same = [n for n in a if n.endswith((".csv", ".tex"))]
     assert same and {n: a[n] for n in same} == {n: b.get(n) for n in same}
+
+
+def test_selection_bias_interval_words_say_why_there_is_none():
+    from bench.reports.selection_bias import _interval
+
+    assert _interval(float("nan"), float("nan"), n_splits=1) == "none (one split)"
+    assert _interval(float("nan"), float("nan"), n_splits=3) == "none (no spread)"
+    assert _interval(float("nan"), float("nan"), tex=False, n_splits=3) == "(no interval: the same on every split)"
+    assert _interval(-0.01, 0.02, n_splits=3) == "[-1.00, +2.00]"
+
+
+def test_table_captions_carry_no_control_characters(toy_paper):
+    # a "\t" in a caption string (e.g. "$\times$" in a plain string) turns into a tab and "imes"
+    _, out, _ = toy_paper
+    for tex in ("table1.tex", "table2.tex", "selection_bias.tex"):
+        if not (out / tex).exists():
+            continue
+        text = (out / tex).read_text()
+        assert "\t" not in text and "imes$" not in text.replace("\\times$", ""), tex
