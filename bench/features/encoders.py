@@ -404,7 +404,8 @@ def standin_head(path: str, gguf: str) -> np.ndarray:
 
     torch.manual_seed(0)  # the same draw as HFEncoder's (a GGUF has no score head)
     copy = dequantised_copy(Path(path) / gguf)  # loaded as HFEncoder loads it, so the draw is the same
-    model = AutoModelForSequenceClassification.from_pretrained(str(copy), num_labels=1, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(str(copy), num_labels=1, dtype=torch.float32,
+                                                               trust_remote_code=False)
     head = model.score.weight.detach().float().cpu().numpy()[0].astype(np.float32)
     del model
     _save_standin_head(out, head)
