@@ -458,6 +458,12 @@ def cmd_report(args) -> int:
     console = _console()
     for p in problems:
         console.print(f"[warn] {p} — it is left out; `bench run` recomputes it", markup=False)
+    from bench.store import latest_per_split
+
+    rows, superseded = latest_per_split(rows, metas)
+    if superseded:
+        console.print(f"[note] {superseded} older cell(s) of splits recomputed since (new method code) left out; "
+                      "each split counts once", markup=False)
     if args.dataset:
         rows = rows[rows["dataset"] == args.dataset]
     if args.methods:

@@ -134,6 +134,28 @@ def meta_digest(meta: dict[str, Any]) -> str:
     return digest(canonical_json({k: v for k, v in meta.items() if k != "meta_hash"}))
 
 
+def latest_per_split(rows: pd.DataFrame, metas: list[dict[str, Any]]) -> tuple[pd.DataFrame, int]:
+    """Rows with one cell per (dataset, features, method, params, split, budgets): the newest.
+
+    A cell's key includes the method's source hash, so after a method's code changes a rerun writes
+    a new cell for the same split and the old one stays in the store. Reports and comparisons must
+    count each split once; the cell finished last wins. Returns the rows kept and how many cells
+    were left out.
+    """
+    if len(rows) == 0 or "cell" not in rows.columns:
+        return rows, 0
+    ident = [c for c in ("dataset", "features", "method", "params", "split_seed", "split_hash", "shots",
+                         "unseen_shots", "test_fraction") if c in rows.columns]
+    finished = {m.get("key"): float(m.get("finished_at") or 0.0) for m in metas}
+    cells = rows[ident + ["cell"]].astype(str).drop_duplicates()
+    cells["finished"] = cells["cell"].map(finished).fillna(0.0)
+    keep = cells.sort_values(["finished", "cell"]).drop_duplicates(ident, keep="last")["cell"]
+    dropped = cells["cell"].nunique() - keep.nunique()
+    if not dropped:
+        return rows, 0
+    return rows[rows["cell"].astype(str).isin(set(keep))], int(dropped)
+
+
 @dataclass
 class CellStatus:
     key: str

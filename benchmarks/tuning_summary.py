@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from bench.store import ResultsStore
+from bench.store import ResultsStore, latest_per_split
 
 
 def main(root: str) -> None:
@@ -31,6 +31,9 @@ def main(root: str) -> None:
         if "tuning" in m:
             c = m["cell"]
             choice[(c["dataset"], c["method"], c["seed"])] = (m["tuning"]["chosen_index"], m["tuning"]["changed"])
+    rows, dropped = latest_per_split(rows, metas)  # a split recomputed under new method code counts once
+    if dropped:
+        print(f"note: {dropped} older cell(s) of a split that was recomputed under a new key left out")
     rows = rows[rows["n_test"] > 0]
     per = []
     for (ds, meth, seed), g in rows.groupby(["dataset", "method", "split_seed"]):

@@ -147,11 +147,17 @@ def run(args) -> int:
     store = ResultsStore(args.results)
     if not store.cells_dir.exists():
         raise BenchError(f"no results in {args.results}", hint="run `bench run ...` first or pass --results DIR")
-    rows, _metas, problems = store.load()
+    rows, metas, problems = store.load()
     console = _console()
     say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
     for p in problems:
         say(f"[warn] {p} — left out")
+    from bench.store import latest_per_split
+
+    rows, superseded = latest_per_split(rows, metas)
+    if superseded:
+        say(f"[note] {superseded} older cell(s) of splits recomputed since (new method code) left out; "
+            "each split counts once")
     if len(rows) == 0:
         raise BenchError(f"no results in {args.results}", hint="run `bench run ...` first")
     ra, rb, va, vb, setting, chosen = select(rows, args.a, args.b, args.dataset, args.shots, args.unseen_shots,
