@@ -147,7 +147,8 @@ def latest_per_split(rows: pd.DataFrame, metas: list[dict[str, Any]]) -> tuple[p
     ident = [c for c in ("dataset", "features", "method", "params", "split_seed", "split_hash", "shots",
                          "unseen_shots", "test_fraction") if c in rows.columns]
     finished = {m.get("key"): float(m.get("finished_at") or 0.0) for m in metas}
-    cells = rows[ident + ["cell"]].astype(str).drop_duplicates()
+    # the identity columns are constant within a cell: one row per cell is enough to compare them
+    cells = rows.drop_duplicates("cell")[ident + ["cell"]].astype(str)
     cells["finished"] = cells["cell"].map(finished).fillna(0.0)
     keep = cells.sort_values(["finished", "cell"]).drop_duplicates(ident, keep="last")["cell"]
     dropped = cells["cell"].nunique() - keep.nunique()
